@@ -1,0 +1,71 @@
+"""Writes for people, organizations and credentials."""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from datetime import datetime
+
+from django.db import transaction
+
+from accounts.models import ApiKey, Membership, Organization, Role, ServiceToken, User
+
+API_KEY_PREFIX = "fck_"
+SERVICE_TOKEN_PREFIX = "fcs_"
+
+
+def secret_hash(secret: str) -> str:
+    """SHA-256 hex of a high-entropy secret (keys and tokens); fast on the hot path by design."""
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def _new_secret(prefix: str) -> str:
+    return prefix + secrets.token_urlsafe(32)
+
+
+def organization_create(*, name: str, owner: User | None = None, is_personal: bool = False, timezone: str = "UTC") -> Organization:
+    org = Organization.objects.create(name=name, is_personal=is_personal, timezone=timezone)
+    if owner is not None:
+        Membership.objects.create(organization=org, user=owner, role=Role.OWNER)
+    return org
+
+
+@transaction.atomic
+def user_create(*, email: str, password: str | None = None, name: str = "") -> tuple[User, Organization]:
+    """A user and their personal organization, owned by them. Callers add the subscription."""
+    user = User.objects.create_user(email=email, password=password, name=name)
+    org = organization_create(name=name or email.split("@")[0], owner=user, is_personal=True)
+    return user, org
+
+
+def membership_set(*, organization: Organization, user: User, role: str) -> Membership:
+    membership, _ = Membership.objects.update_or_create(organization=organization, user=user, defaults={"role": role})
+    return membership
+
+
+def api_key_create(*, organization: Organization, name: str, created_by: User | None = None) -> tuple[ApiKey, str]:
+    """Returns the key row and the secret, which is shown once and never stored."""
+    secret = _new_secret(API_KEY_PREFIX)
+    key = ApiKey.objects.create(
+        organization=organization,
+        name=name,
+        prefix=secret[: len(API_KEY_PREFIX) + 6],
+        key_hash=secret_hash(secret),
+        created_by=created_by,
+    )
+    return key, secret
+
+
+def api_key_revoke(*, api_key: ApiKey, now: datetime) -> ApiKey:
+    if api_key.revoked_at is None:
+        api_key.revoked_at = now
+        api_key.save(update_fields=["revoked_at"])
+    return api_key
+
+
+def service_token_create(*, name: str, scope: str) -> tuple[ServiceToken, str]:
+    secret = _new_secret(SERVICE_TOKEN_PREFIX)
+    token = ServiceToken.objects.create(
+        name=name, scope=scope, prefix=secret[: len(SERVICE_TOKEN_PREFIX) + 6], token_hash=secret_hash(secret)
+    )
+    return token, secret

@@ -1,0 +1,150 @@
+from __future__ import annotations
+
+from django.conf import settings
+from django.db import models
+from django.db.models import Q
+from django.utils.translation import gettext_lazy as _
+
+from accounts.models import Organization
+from plans.models import CreditField
+
+
+class CreditAccount(models.Model):
+    """One per organization: the row every credit or allowance write locks first.
+
+    `balance` caches the sum of the organization's lots' `remaining` (invariant 2, checked by
+    audit_ledger). The `next_*` fields let the hot path skip looking for expired lots and holds
+    until one can exist.
+    """
+
+    organization = models.OneToOneField(Organization, on_delete=models.CASCADE, related_name="credit_account")
+    balance = CreditField(default=0)
+    monthly_spend_cap = CreditField(null=True, blank=True, help_text=_("Credits per calendar month; empty = no cap"))
+    spend_month = models.DateField(null=True, blank=True, help_text=_("First day (UTC) of the month spend counts"))
+    spend_month_total = CreditField(default=0)
+    next_lot_expiry = models.DateTimeField(null=True, blank=True)
+    next_hold_expiry = models.DateTimeField(null=True, blank=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        constraints = [
+            models.CheckConstraint(condition=Q(balance__gte=0), name="account_balance_nonnegative"),
+            models.CheckConstraint(
+                condition=Q(monthly_spend_cap__isnull=True) | Q(monthly_spend_cap__gte=0), name="account_cap_nonnegative"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"Credits of {self.organization}"
+
+
+class CreditPack(models.Model):
+    """A pack customers can buy."""
+
+    key = models.SlugField(max_length=64, unique=True)
+    name = models.CharField(max_length=100)
+    credits = CreditField()
+    price_amount = models.PositiveIntegerField(help_text=_("Minor units"))
+    currency = models.CharField(max_length=3, default="usd")
+    expires_after_days = models.PositiveIntegerField(null=True, blank=True, default=365)
+    is_active = models.BooleanField(default=True)
+    sort_order = models.PositiveSmallIntegerField(default=0)
+
+    class Meta:
+        ordering = ["sort_order", "price_amount"]
+        constraints = [models.CheckConstraint(condition=Q(credits__gt=0), name="pack_credits_positive")]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class LotCategory(models.TextChoices):
+    PROMOTIONAL = "promotional", _("Promotional")
+    PAID = "paid", _("Paid")
+
+
+class LotSource(models.TextChoices):
+    GRANT = "grant", _("Grant")
+    PURCHASE = "purchase", _("Purchase")
+    AUTO_TOPUP = "auto_topup", _("Auto top-up")
+    ADJUSTMENT = "adjustment", _("Adjustment")
+
+
+class CreditLot(models.Model):
+    """Credits granted together. Drawn in order: priority (lower first), soonest expiry,
+    promotional before paid, oldest, id. `remaining` changes only through ledger entries."""
+
+    organization = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="credit_lots")
+    category = models.CharField(max_length=16, choices=LotCategory.choices)
+    source = models.CharField(max_length=16, choices=LotSource.choices)
+    priority = models.SmallIntegerField(default=100, help_text=_("Lower is drawn first"))
+    granted = CreditField()
+    remaining = CreditField()
+    effective_at = models.DateTimeField()
+    expires_at = models.DateTimeField(null=True, blank=True)
+    reason = models.CharField(max_length=500, blank=True)
+    actor = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    # External id this lot was granted for (a payment intent, a grant key): one grant per payment.
+    external_ref = models.CharField(max_length=255, null=True, blank=True)
+    created_at = models.DateTimeField()
+
+    class Meta:
+        constraints = [
+            models.CheckConstraint(condition=Q(remaining__gte=0), name="lot_remaining_nonnegative"),
+            models.CheckConstraint(condition=Q(remaining__lte=models.F("granted")), name="lot_remaining_le_granted"),
+            models.CheckConstraint(condition=Q(granted__gt=0), name="lot_granted_positive"),
+            models.UniqueConstraint(fields=["organization", "external_ref"], name="lot_unique_external_ref"),
+        ]
+        indexes = [
+            models.Index(
+                fields=["organization", "priority", "expires_at"],
+                condition=Q(remaining__gt=0),
+                name="lot_org_open",
+            ),
+            models.Index(fields=["expires_at"], condition=Q(remaining__gt=0), name="lot_expiring"),
+        ]
+
+    def __str__(self) -> str:
+        return f"Lot #{self.pk}: {self.remaining}/{self.granted} ({self.category})"
+
+
+class EntryKind(models.TextChoices):
+    GRANT = "grant", _("Grant")
+    CONSUME = "consume", _("Consumption")
+    HOLD = "hold", _("Reservation hold")
+    RELEASE = "release", _("Reservation release")
+    EXPIRE = "expire", _("Expiry")
+    CLAWBACK = "clawback", _("Clawback")
+    ADJUST = "adjust", _("Adjustment")
+
+
+class LedgerEntry(models.Model):
+    """Append-only: never updated or deleted. `amount` is signed (credit to the lot is positive).
+
+    For every lot: granted + sum(amount of its non-grant entries) = remaining.
+    """
+
+    organization = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="ledger_entries")
+    lot = models.ForeignKey(CreditLot, on_delete=models.PROTECT, related_name="entries")
+    kind = models.CharField(max_length=16, choices=EntryKind.choices)
+    amount = CreditField()
+    balance_after = CreditField(help_text=_("Organization balance after this entry"))
+    # What caused it: "usage:<event id>", "reservation:<id>", "grant:<key>", "expiry".
+    reference = models.CharField(max_length=120, blank=True)
+    reason = models.CharField(max_length=500, blank=True)
+    actor = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField()
+
+    class Meta:
+        verbose_name_plural = "ledger entries"
+        indexes = [
+            models.Index(fields=["organization", "-id"], name="ledger_org_recent"),
+            models.Index(fields=["reference"], name="ledger_reference"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.kind} {self.amount} on lot #{self.lot_id}"

@@ -1,0 +1,252 @@
+"""The credit book: an organization's lots and ledger, changed in memory under its lock, then
+written in a few statements.
+
+Lock order (every writer of lots, windows or holds follows it): the organization's CreditAccount
+row first (`SELECT ... FOR NO KEY UPDATE`, several organizations in id order), then anything else
+of that organization. Lots and windows are not locked themselves: nobody writes them without the
+account lock. On SQLite, IMMEDIATE transactions serialize all writers instead.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import date, datetime
+from decimal import Decimal
+
+from django.db.models import Case, F, IntegerField, Value, When
+
+from billing.models import CreditAccount, CreditLot, EntryKind, LedgerEntry, LotCategory
+from core.money import ZERO
+from plans.periods import month_start
+
+# The draw order of ARCHITECTURE.md: priority, soonest expiry, promotional before paid, oldest, id.
+DRAW_ORDER = (
+    "priority",
+    F("expires_at").asc(nulls_last=True),
+    Case(When(category=LotCategory.PROMOTIONAL, then=Value(0)), default=Value(1), output_field=IntegerField()),
+    "created_at",
+    "id",
+)
+
+
+def credit_books_lock(organization_ids: Iterable[int], *, now: datetime, lock: bool = True) -> dict[int, CreditBook]:
+    """Lock the credit accounts of these organizations, in id order, with their subscriptions.
+
+    The caller must be inside transaction.atomic(). With lock=False (preflight reads) nothing is
+    locked and nothing may be flushed.
+    """
+    qs = CreditAccount.objects.select_related("organization__subscription").filter(
+        organization_id__in=sorted(set(organization_ids))
+    )
+    if lock:
+        qs = qs.select_for_update(no_key=True, of=("self",)).order_by("organization_id")
+    return {account.organization_id: CreditBook(account, now=now, locked=lock) for account in qs}
+
+
+class CreditBook:
+    def __init__(self, account: CreditAccount, *, now: datetime, locked: bool = True):
+        self.account = account
+        self.now = now
+        self.locked = locked
+        self.balance: Decimal = account.balance
+        self._lots: list[CreditLot] | None = None
+        self._dirty: dict[int, CreditLot] = {}
+        self._new_lots: list[CreditLot] = []
+        self.entries: list[LedgerEntry] = []
+        self._account_dirty = False
+        self.month: date = month_start(now).date()
+        if account.spend_month != self.month:
+            account.spend_month = self.month
+            account.spend_month_total = ZERO
+            self._account_dirty = True
+        self._expire_due()
+
+    # Reads ---------------------------------------------------------------------------------
+
+    @property
+    def organization_id(self) -> int:
+        return self.account.organization_id
+
+    @property
+    def spend_cap(self) -> Decimal | None:
+        return self.account.monthly_spend_cap
+
+    @property
+    def spent_this_month(self) -> Decimal:
+        return self.account.spend_month_total
+
+    def lots(self) -> list[CreditLot]:
+        """Open lots in draw order (loaded once per transaction)."""
+        if self._lots is None:
+            if self.balance == 0 and not self._new_lots:
+                self._lots = []
+            else:
+                self._lots = list(
+                    CreditLot.objects.filter(organization_id=self.organization_id, remaining__gt=0).order_by(*DRAW_ORDER)
+                )
+        return self._lots
+
+    def _drawable(self, lot: CreditLot) -> bool:
+        return lot.remaining > 0 and lot.effective_at <= self.now and (lot.expires_at is None or lot.expires_at > self.now)
+
+    def available(self) -> Decimal:
+        """Credits that can be drawn now (effective, unexpired)."""
+        if self.balance == 0:
+            return ZERO
+        return sum((lot.remaining for lot in self.lots() if self._drawable(lot)), ZERO)
+
+    def cap_room(self) -> Decimal | None:
+        if self.spend_cap is None:
+            return None
+        return max(self.spend_cap - self.spent_this_month, ZERO)
+
+    # Writes (in memory until flush) --------------------------------------------------------
+
+    def _entry(self, lot: CreditLot, kind: str, amount: Decimal, reference: str, reason: str = "", actor_id: int | None = None) -> LedgerEntry:
+        self.balance += amount
+        entry = LedgerEntry(
+            organization_id=self.organization_id,
+            lot=lot,
+            kind=kind,
+            amount=amount,
+            balance_after=self.balance,
+            reference=reference,
+            reason=reason,
+            actor_id=actor_id,
+            created_at=self.now,
+        )
+        self.entries.append(entry)
+        return entry
+
+    def draw(
+        self,
+        amount: Decimal,
+        *,
+        kind: str = EntryKind.CONSUME,
+        reference: str = "",
+        count_spend: bool = True,
+        reason: str = "",
+        actor_id: int | None = None,
+    ) -> list[tuple[int, Decimal]]:
+        """Take `amount` from drawable lots in draw order; one entry per lot. Caller checked `available()`."""
+        drawn: list[tuple[int, Decimal]] = []
+        left = amount
+        for lot in self.lots():
+            if left <= 0:
+                break
+            if not self._drawable(lot):
+                continue
+            take = min(left, lot.remaining)
+            lot.remaining -= take
+            self._dirty[id(lot)] = lot
+            self._entry(lot, kind, -take, reference, reason, actor_id)
+            drawn.append((lot.pk, take))
+            left -= take
+        if left > 0:
+            raise AssertionError("draw() past the available credits: check available() first")
+        if count_spend and amount > 0:
+            self.account.spend_month_total += amount
+            self._account_dirty = True
+        return drawn
+
+    def give_back(self, held: list[tuple[int, Decimal]], *, reference: str, held_month: date | None) -> None:
+        """Return credits a hold took, to the lots they came from (RELEASE entries)."""
+        by_id = {lot.pk: lot for lot in self.lots()}
+        missing = [lot_id for lot_id, _ in held if lot_id not in by_id]
+        if missing:  # fully drawn lots are not among the open ones: load them.
+            for lot in CreditLot.objects.filter(pk__in=missing):
+                by_id[lot.pk] = lot
+                self.lots().append(lot)
+            self._lots = sorted(self.lots(), key=_draw_key)
+        total = ZERO
+        for lot_id, amount in held:
+            lot = by_id[lot_id]
+            lot.remaining += amount
+            self._dirty[id(lot)] = lot
+            self._entry(lot, EntryKind.RELEASE, amount, reference)
+            total += amount
+            if lot.expires_at is not None and lot.expires_at <= self.now:
+                self._expire_lot(lot)
+        if held_month == self.month and total > 0:
+            self.account.spend_month_total = max(self.account.spend_month_total - total, ZERO)
+            self._account_dirty = True
+
+    def add_lot(
+        self, lot: CreditLot, *, reference: str, reason: str = "", actor_id: int | None = None, kind: str = EntryKind.GRANT
+    ) -> None:
+        """A new lot (already saved) and its GRANT (or ADJUST) entry."""
+        self._new_lots.append(lot)
+        if self._lots is not None:
+            self._lots.append(lot)
+            self._lots.sort(key=_draw_key)
+        self._entry(lot, kind, lot.granted, reference, reason, actor_id)
+        if lot.expires_at is not None and (self.account.next_lot_expiry is None or lot.expires_at < self.account.next_lot_expiry):
+            self.account.next_lot_expiry = lot.expires_at
+        self._account_dirty = True
+
+    def _expire_lot(self, lot: CreditLot) -> None:
+        amount = lot.remaining
+        if amount > 0:
+            lot.remaining = ZERO
+            self._dirty[id(lot)] = lot
+            self._entry(lot, EntryKind.EXPIRE, -amount, "expiry")
+
+    def _expire_due(self) -> None:
+        """Expire lots whose time has come (lazily, so no balance waits for the sweep)."""
+        due = self.account.next_lot_expiry
+        if due is None or due > self.now:
+            return
+        next_expiry: datetime | None = None
+        for lot in self.lots():
+            if lot.expires_at is None or lot.remaining <= 0:
+                continue
+            if lot.expires_at <= self.now:
+                self._expire_lot(lot)
+            elif next_expiry is None or lot.expires_at < next_expiry:
+                next_expiry = lot.expires_at
+        self.account.next_lot_expiry = next_expiry
+        self._account_dirty = True
+
+    def note_hold_expiry(self, expires_at: datetime | None, *, replace: bool = False) -> None:
+        current = self.account.next_hold_expiry
+        if replace or current is None or (expires_at is not None and expires_at < current):
+            self.account.next_hold_expiry = expires_at
+            self._account_dirty = True
+
+    def set_cap(self, cap: Decimal | None) -> None:
+        self.account.monthly_spend_cap = cap
+        self._account_dirty = True
+
+    def flush(self) -> None:
+        """Write lots, ledger entries and the account: at most three statements."""
+        if not self.locked:
+            raise AssertionError("flush() needs the account lock")
+        if self._dirty:
+            CreditLot.objects.bulk_update(list(self._dirty.values()), ["remaining"])
+            self._dirty.clear()
+        if self.entries:
+            LedgerEntry.objects.bulk_create(self.entries)
+            self.entries = []
+        if self._account_dirty or self.balance != self.account.balance:
+            self.account.balance = self.balance
+            CreditAccount.objects.filter(pk=self.account.pk).update(
+                balance=self.account.balance,
+                spend_month=self.account.spend_month,
+                spend_month_total=self.account.spend_month_total,
+                next_lot_expiry=self.account.next_lot_expiry,
+                next_hold_expiry=self.account.next_hold_expiry,
+                monthly_spend_cap=self.account.monthly_spend_cap,
+                updated_at=self.now,
+            )
+            self._account_dirty = False
+
+
+def _draw_key(lot: CreditLot) -> tuple[object, ...]:
+    return (
+        lot.priority,
+        lot.expires_at is None,
+        lot.expires_at or lot.created_at,
+        0 if lot.category == LotCategory.PROMOTIONAL else 1,
+        lot.created_at,
+        lot.pk,
+    )

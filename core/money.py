@@ -1,0 +1,57 @@
+"""Credits, quantities and money.
+
+Credits and meter quantities are exact Decimals with CREDIT_PLACES places, in the database and in
+Python. `round_credits` is the one rounding function: it rounds half up to CREDIT_PLACES and is
+applied to every computed amount (quantity x credits per unit, pro-rata shares) before it is
+stored or compared. Money is integer minor units plus an ISO currency, as Stripe does.
+"""
+
+from __future__ import annotations
+
+from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
+
+CREDIT_PLACES = 4
+CREDIT_DIGITS = 20
+_QUANTUM = Decimal(1).scaleb(-CREDIT_PLACES)
+ZERO = Decimal("0").quantize(_QUANTUM)
+
+# ISO 4217 currencies without a minor unit (Stripe's list of zero-decimal currencies).
+ZERO_DECIMAL_CURRENCIES = frozenset(
+    "bif clp djf gnf jpy kmf krw mga pyg rwf ugx vnd vuv xaf xof xpf".split()
+)
+
+
+def round_credits(value: Decimal | int | str) -> Decimal:
+    """Round to the stored scale, half up. The only place credits or quantities are rounded."""
+    return Decimal(value).quantize(_QUANTUM, rounding=ROUND_HALF_UP)
+
+
+def parse_decimal(value: object) -> Decimal:
+    """Parse a client-supplied decimal exactly; raise ValueError on anything else (floats included)."""
+    if isinstance(value, bool) or isinstance(value, float):
+        raise ValueError("must be a decimal string or an integer")
+    try:
+        result = Decimal(str(value).strip())
+    except (InvalidOperation, ValueError) as exc:
+        raise ValueError("must be a decimal number") from exc
+    if not result.is_finite():
+        raise ValueError("must be a finite number")
+    if result != result.quantize(_QUANTUM, rounding=ROUND_HALF_UP):
+        raise ValueError(f"must have at most {CREDIT_PLACES} decimal places")
+    if abs(result) >= Decimal(10) ** (CREDIT_DIGITS - CREDIT_PLACES):
+        raise ValueError("is too large")
+    return round_credits(result)
+
+
+def format_decimal(value: Decimal) -> str:
+    """The API's decimal string: exact, without trailing zeros or exponent ("12.5", "100")."""
+    if value == 0:
+        return "0"
+    text = format(value, "f")
+    if "." in text:
+        text = text.rstrip("0").rstrip(".")
+    return text
+
+
+def minor_units_per_major(currency: str) -> int:
+    return 1 if currency.lower() in ZERO_DECIMAL_CURRENCIES else 100

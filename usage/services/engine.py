@@ -1,0 +1,349 @@
+"""The decision engine: given locked organizations, decide and apply usage in memory, then write.
+
+One Engine lives inside one transaction. It locks the organizations' credit accounts (in id order,
+through billing's CreditBook), loads the windows it needs in one query, decides each request in
+order against the in-memory state, and `flush()` writes everything in a handful of statements.
+With lock=False it only evaluates (preflight) and must not flush.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from decimal import Decimal
+
+from django.conf import settings
+from django.db.models import Q
+
+from billing.models import EntryKind, LedgerEntry
+from billing.services.book import CreditBook, credit_books_lock
+from core.money import ZERO, format_decimal, round_credits
+from plans.models import WindowKind
+from plans.periods import period_bounds
+from plans.selectors import AllowanceInfo, Catalogue, MeterInfo, PlanInfo, catalogue
+from usage.models import AllowanceWindow, Notice, NoticeKind, Reservation, ReservationStatus
+
+THRESHOLDS = (50, 80, 100)  # percent of a window at which owners get a notice
+
+
+@dataclass(slots=True)
+class Slot:
+    """One window as the engine sees it; `window.pk` is None until it is first written."""
+
+    allowance: AllowanceInfo
+    window: AllowanceWindow
+    used_at_load: Decimal
+    dirty: bool = False
+
+    @property
+    def room(self) -> Decimal:
+        return max(self.window.limit - self.window.used, ZERO)
+
+    def as_dict(self) -> dict[str, object]:
+        w = self.window
+        opened = w.pk is not None or w.used > 0
+        return {
+            "allowance": self.allowance.id,
+            "window": self.allowance.label,
+            "kind": self.allowance.window_kind,
+            "limit": format_decimal(w.limit),
+            "used": format_decimal(w.used),
+            "remaining": format_decimal(self.room),
+            "starts_at": w.start.isoformat() if opened or self.allowance.window_kind == WindowKind.PERIOD else None,
+            "resets_at": w.end.isoformat() if opened or self.allowance.window_kind == WindowKind.PERIOD else None,
+        }
+
+
+@dataclass(slots=True)
+class OrgState:
+    organization_id: int
+    book: CreditBook
+    plan: PlanInfo | None
+    anchor: datetime | None
+    tz: str
+    balance_at_load: Decimal
+    slots: dict[tuple[int, datetime], Slot] = field(default_factory=dict)
+    current: dict[int, Slot] = field(default_factory=dict)  # allowance id -> current window
+
+
+@dataclass(slots=True)
+class Evaluation:
+    """What a request would take. `allowed` is False with a `reason` when it cannot be covered."""
+
+    meter: MeterInfo
+    quantity: Decimal
+    slots: list[Slot]
+    from_allowance: Decimal
+    credits: Decimal  # credits to draw
+    allowed: bool
+    reason: str = ""  # "limit_reached" or "spend_cap_reached"
+    credits_blocked: bool = False
+    shortfall: Decimal = ZERO  # partial mode: credits owed that nothing covers
+
+
+class Engine:
+    def __init__(self, organization_ids: list[int] | set[int], *, now: datetime, lock: bool = True):
+        self.now = now
+        self.lock = lock
+        self.catalogue: Catalogue = catalogue()
+        self.books = credit_books_lock(organization_ids, now=now, lock=lock)
+        self.states: dict[int, OrgState] = {}
+        self.notices: list[Notice] = []
+        self.expired_holds: list[Reservation] = []
+        for org_id, book in self.books.items():
+            subscription = getattr(book.account.organization, "subscription", None)
+            plan = self.catalogue.plans_by_id.get(subscription.plan_id) if subscription else None
+            self.states[org_id] = OrgState(
+                organization_id=org_id,
+                book=book,
+                plan=plan,
+                anchor=subscription.anchor if subscription else None,
+                tz=book.account.organization.timezone,
+                balance_at_load=book.account.balance,
+            )
+        self._release_expired_holds()
+
+    # Loading ------------------------------------------------------------------------------
+
+    def state(self, organization_id: int) -> OrgState | None:
+        return self.states.get(organization_id)
+
+    def preload(self, pairs: set[tuple[int, int]]) -> None:
+        """Load the current windows for (organization, meter) pairs in one query."""
+        wanted: dict[int, OrgState] = {}
+        allowance_ids: set[int] = set()
+        for org_id, meter_id in pairs:
+            st = self.states.get(org_id)
+            if st is None or st.plan is None:
+                continue
+            for allowance in self.catalogue.allowances_for(st.plan.id, meter_id):
+                if allowance.id not in st.current:
+                    wanted[org_id] = st
+                    allowance_ids.add(allowance.id)
+        if not allowance_ids:
+            return
+        rows = AllowanceWindow.objects.filter(
+            organization_id__in=list(wanted), allowance_id__in=list(allowance_ids), start__lte=self.now, end__gt=self.now
+        )
+        for window in rows:
+            st = wanted[window.organization_id]
+            slot = self._slot_for(st, window)
+            st.current[window.allowance_id] = slot
+
+    def _slot_for(self, st: OrgState, window: AllowanceWindow) -> Slot:
+        key = (window.allowance_id, window.start)
+        slot = st.slots.get(key)
+        if slot is None:
+            allowance = self.catalogue.allowances_by_id.get(window.allowance_id)
+            if allowance is None:
+                raise LookupError(window.allowance_id)
+            slot = Slot(allowance=allowance, window=window, used_at_load=window.used)
+            st.slots[key] = slot
+        return slot
+
+    def current_slots(self, st: OrgState, meter: MeterInfo) -> list[Slot]:
+        if st.plan is None:
+            return []
+        allowances = self.catalogue.allowances_for(st.plan.id, meter.id)
+        if any(a.id not in st.current for a in allowances):
+            self.preload({(st.organization_id, meter.id)})
+        slots = []
+        for allowance in allowances:
+            slot = st.current.get(allowance.id)
+            if slot is None:
+                slot = self._open(st, allowance)
+            slots.append(slot)
+        return slots
+
+    def _open(self, st: OrgState, allowance: AllowanceInfo) -> Slot:
+        """A window not yet in the database: written at flush only if something is used in it."""
+        if allowance.window_kind == WindowKind.ROLLING and allowance.window_length is not None:
+            start, end = self.now, self.now + allowance.window_length
+        else:
+            assert st.anchor is not None and st.plan is not None
+            start, end = period_bounds(anchor=st.anchor, at=self.now, months=st.plan.period_months, tz=st.tz)
+        window = AllowanceWindow(
+            organization_id=st.organization_id, allowance_id=allowance.id, start=start, end=end,
+            limit=allowance.limit, used=ZERO,
+        )
+        slot = Slot(allowance=allowance, window=window, used_at_load=ZERO)
+        st.slots[(allowance.id, start)] = slot
+        st.current[allowance.id] = slot
+        return slot
+
+    # Deciding -----------------------------------------------------------------------------
+
+    def evaluate(self, st: OrgState, meter: MeterInfo, quantity: Decimal, *, partial: bool = False) -> Evaluation:
+        """How `quantity` of `meter` would be paid for now. Changes nothing.
+
+        The included part is the smallest room across the meter's windows; the rest costs
+        quantity x credits_per_unit, drawn from credits unless the plan blocks that. In partial
+        mode (a reservation's commit) whatever cannot be covered becomes a shortfall instead of
+        a denial.
+        """
+        slots = self.current_slots(st, meter)
+        room = min((s.room for s in slots), default=ZERO)
+        from_allowance = min(quantity, room)
+        rest = quantity - from_allowance
+        cost = round_credits(rest * meter.credits_per_unit)
+        blocked = st.plan is not None and self.catalogue.credits_blocked(st.plan.id, meter.id)
+        ev = Evaluation(meter, quantity, slots, from_allowance, cost, True, credits_blocked=blocked)
+        if cost == 0:
+            return ev
+        if blocked:
+            can = ZERO
+        else:
+            can = min(cost, st.book.available())
+            cap_room = st.book.cap_room()
+            if cap_room is not None and cap_room < can:
+                can = cap_room
+                if not partial and cost > cap_room and st.book.available() >= cost:
+                    ev.allowed, ev.reason = False, "spend_cap_reached"
+                    return ev
+        if can >= cost:
+            return ev
+        if partial:
+            ev.credits, ev.shortfall = can, cost - can
+            return ev
+        ev.allowed, ev.reason = False, "limit_reached"
+        return ev
+
+    def apply(self, st: OrgState, ev: Evaluation, *, kind: str = EntryKind.CONSUME) -> tuple[list[tuple[int, Decimal]], list[LedgerEntry]]:
+        """Take what `ev` says: allowance from every window, credits from lots. Returns the lots
+        drawn and their (unsaved) ledger entries, whose reference the caller fills in."""
+        if ev.from_allowance > 0:
+            for slot in ev.slots:
+                slot.window.used += ev.from_allowance
+                slot.dirty = True
+        start = len(st.book.entries)
+        drawn = st.book.draw(ev.credits, kind=kind) if ev.credits > 0 else []
+        return drawn, st.book.entries[start:]
+
+    def windows_when_clear(self, ev: Evaluation) -> datetime | None:
+        """When the windows that block this request have all reset."""
+        blocking = [s.window.end for s in ev.slots if s.room < ev.quantity]
+        return max(blocking) if blocking else None
+
+    # Holds --------------------------------------------------------------------------------
+
+    def release(self, st: OrgState, reservation: Reservation, *, reference: str) -> None:
+        """Give back everything a reservation holds (windows and lots)."""
+        self._load_held_windows(st, [reservation])
+        for item in reservation.held_windows:
+            start = datetime.fromisoformat(item["start"])
+            slot = st.slots.get((item["allowance"], start))
+            if slot is None:  # the window was deleted with its allowance: nothing to give back
+                continue
+            slot.window.used = max(slot.window.used - Decimal(item["amount"]), ZERO)
+            slot.dirty = True
+        held = [(int(item["lot"]), Decimal(item["amount"])) for item in reservation.held_lots]
+        if held:
+            st.book.give_back(held, reference=reference, held_month=reservation.spend_month)
+
+    def _load_held_windows(self, st: OrgState, reservations: list[Reservation]) -> None:
+        query = Q()
+        missing = False
+        for reservation in reservations:
+            for item in reservation.held_windows:
+                start = datetime.fromisoformat(item["start"])
+                if (item["allowance"], start) not in st.slots:
+                    query |= Q(allowance_id=item["allowance"], start=start)
+                    missing = True
+        if not missing:
+            return
+        for window in AllowanceWindow.objects.filter(query, organization_id=st.organization_id):
+            try:
+                self._slot_for(st, window)
+            except LookupError:
+                continue
+            if window.start <= self.now < window.end:
+                st.current[window.allowance_id] = st.slots[(window.allowance_id, window.start)]
+
+    def _release_expired_holds(self) -> None:
+        due = [
+            st for st in self.states.values()
+            if st.book.account.next_hold_expiry is not None and st.book.account.next_hold_expiry <= self.now
+        ]
+        if not due:
+            return
+        by_org: dict[int, list[Reservation]] = {}
+        for reservation in Reservation.objects.filter(
+            organization_id__in=[st.organization_id for st in due], status=ReservationStatus.HELD
+        ).order_by("expires_at", "id"):
+            by_org.setdefault(reservation.organization_id, []).append(reservation)
+        for st in due:
+            upcoming = None
+            for reservation in by_org.get(st.organization_id, []):
+                if reservation.expires_at <= self.now:
+                    self.release(st, reservation, reference=f"reservation:{reservation.pk}")
+                    reservation.status = ReservationStatus.EXPIRED
+                    reservation.settled_at = self.now
+                    self.expired_holds.append(reservation)
+                elif upcoming is None:
+                    upcoming = reservation.expires_at
+            st.book.note_hold_expiry(upcoming, replace=True)
+
+    # Notices ------------------------------------------------------------------------------
+
+    def _notices(self) -> None:
+        low = Decimal(settings.CREDITS_LOW_THRESHOLD)
+        day = self.now.date().isoformat()
+        for st in self.states.values():
+            for slot in st.slots.values():
+                w = slot.window
+                if not slot.dirty or w.limit <= 0 or w.used <= slot.used_at_load:
+                    continue
+                for pct in THRESHOLDS:
+                    mark = w.limit * pct / 100
+                    if slot.used_at_load < mark <= w.used:
+                        self.notices.append(Notice(
+                            organization_id=st.organization_id,
+                            kind=NoticeKind.WINDOW_THRESHOLD,
+                            dedupe_key=f"{slot.allowance.id}:{w.start.isoformat()}:{pct}",
+                            payload={
+                                "percent": pct, "meter_id": slot.allowance.meter_id, "window": slot.allowance.label,
+                                "limit": format_decimal(w.limit), "resets_at": w.end.isoformat(),
+                            },
+                            created_at=self.now,
+                        ))
+            before, after = st.balance_at_load, st.book.balance
+            if before > 0 and after == 0:
+                self.notices.append(Notice(
+                    organization_id=st.organization_id, kind=NoticeKind.CREDITS_DEPLETED, dedupe_key=day,
+                    payload={"balance": "0"}, created_at=self.now,
+                ))
+            elif before >= low > after:
+                self.notices.append(Notice(
+                    organization_id=st.organization_id, kind=NoticeKind.CREDITS_LOW, dedupe_key=day,
+                    payload={"balance": format_decimal(after), "threshold": format_decimal(low)}, created_at=self.now,
+                ))
+
+    # Writing ------------------------------------------------------------------------------
+
+    def flush_windows(self) -> None:
+        new, changed = [], []
+        for st in self.states.values():
+            for slot in st.slots.values():
+                if not slot.dirty:
+                    continue
+                (changed if slot.window.pk is not None else new).append(slot.window)
+                slot.dirty = False
+        if new:
+            # Under the account lock nobody else can open these windows; ON CONFLICT would only
+            # hide a bug, so a clash raises.
+            AllowanceWindow.objects.bulk_create(new)
+        if changed:
+            AllowanceWindow.objects.bulk_update(changed, ["used"])
+
+    def flush(self) -> None:
+        """Write windows, expired holds, lots, ledger, accounts and notices. Call once, last."""
+        if not self.lock:
+            raise AssertionError("a preflight engine cannot write")
+        self._notices()
+        self.flush_windows()
+        if self.expired_holds:
+            Reservation.objects.bulk_update(self.expired_holds, ["status", "settled_at"])
+        for st in self.states.values():
+            st.book.flush()
+        if self.notices:
+            Notice.objects.bulk_create(self.notices, ignore_conflicts=True)

@@ -1,0 +1,92 @@
+"""Notices to owners: created once per dedupe key (a unique constraint), emailed once."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from django.core.mail import send_mail
+from django.db import transaction
+
+from accounts.models import Membership, Role
+from core.money import format_decimal
+from usage.models import AllowanceWindow, Notice, NoticeKind
+
+SUBJECTS = {
+    NoticeKind.WINDOW_THRESHOLD: "You have used {percent}% of your {window} allowance",
+    NoticeKind.ALLOWANCE_RESET: "Your {window} allowance has reset",
+    NoticeKind.CREDITS_LOW: "Your credit balance is low ({balance} credits)",
+    NoticeKind.CREDITS_DEPLETED: "You are out of credits",
+}
+
+
+def windows_close_finished(*, now: datetime, limit: int = 5000) -> int:
+    """Mark ended windows closed and tell owners that a used allowance has reset.
+
+    Idempotent: a window is closed once (closed_at), and its notice is unique per window.
+    """
+    closed = 0
+    while True:
+        with transaction.atomic():
+            windows = list(
+                AllowanceWindow.objects.select_related("allowance__meter")
+                .filter(closed_at__isnull=True, end__lte=now)
+                .order_by("end", "id")[:limit]
+            )
+            if not windows:
+                return closed
+            notices = [
+                Notice(
+                    organization_id=w.organization_id,
+                    kind=NoticeKind.ALLOWANCE_RESET,
+                    dedupe_key=f"{w.allowance_id}:{w.start.isoformat()}",
+                    payload={
+                        "window": w.allowance.window_label,
+                        "meter": w.allowance.meter.name,
+                        "limit": format_decimal(w.limit),
+                        "used": format_decimal(w.used),
+                        "reset_at": w.end.isoformat(),
+                    },
+                    created_at=now,
+                )
+                for w in windows
+                if w.used > 0
+            ]
+            Notice.objects.bulk_create(notices, ignore_conflicts=True)
+            # Only `closed_at` is written: `used` belongs to the engine, which holds the account lock.
+            AllowanceWindow.objects.filter(pk__in=[w.pk for w in windows], closed_at__isnull=True).update(closed_at=now)
+            closed += len(windows)
+        if len(windows) < limit:
+            return closed
+
+
+def notices_send_pending(*, now: datetime, limit: int = 500) -> int:
+    """Email each unsent notice to the organization's owners and admins, once.
+
+    The row is claimed (sent_at set) in the same transaction that reads it, with SKIP LOCKED, so
+    two workers never send the same notice; a crash before commit leaves it unsent for the next run.
+    """
+    sent = 0
+    with transaction.atomic():
+        notices = list(
+            Notice.objects.select_for_update(skip_locked=True)
+            .filter(sent_at__isnull=True)
+            .order_by("created_at", "id")[:limit]
+        )
+        if not notices:
+            return 0
+        org_ids = {n.organization_id for n in notices}
+        recipients: dict[int, list[str]] = {}
+        for org_id, email in Membership.objects.filter(
+            organization_id__in=org_ids, role__in=[Role.OWNER, Role.ADMIN], user__is_active=True
+        ).values_list("organization_id", "user__email"):
+            recipients.setdefault(org_id, []).append(email)
+        for notice in notices:
+            to = recipients.get(notice.organization_id, [])
+            if to:
+                subject = SUBJECTS[NoticeKind(notice.kind)].format(**{"percent": "", "window": "", "balance": "", **notice.payload})
+                body = subject + "\n\n" + "\n".join(f"{k}: {v}" for k, v in sorted(notice.payload.items()))
+                send_mail(subject, body, None, to, fail_silently=False)
+                sent += 1
+            notice.sent_at = now
+        Notice.objects.bulk_update(notices, ["sent_at"])
+    return sent

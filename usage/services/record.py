@@ -1,0 +1,239 @@
+"""Record usage (single and batch) and preflight it.
+
+Idempotency: each event carries a key unique per organization. Inside the locked transaction the
+stored events for the batch's keys are read once; a key seen before with the same request hash
+replays the stored status and body, with another hash it is refused (422). Denied decisions are
+stored too. Two requests with one key cannot both pass the check: they lock the same account.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+from django.conf import settings
+from django.db import transaction
+
+from accounts.models import Role
+from accounts.selectors import membership_role
+from billing.models import LedgerEntry
+from core.money import format_decimal
+from plans.periods import month_start
+from usage.messages import limit_reached_message, spend_cap_message
+from usage.models import Decision, EventKind, UsageEvent
+from usage.services.engine import Engine, Evaluation, OrgState
+
+
+@dataclass(slots=True)
+class UsageInput:
+    organization_id: int
+    meter: str
+    quantity: Decimal
+    idempotency_key: str
+    occurred_at: datetime | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+    user_id: int | None = None
+
+
+@dataclass(slots=True)
+class Outcome:
+    status: int
+    body: dict[str, Any]
+    replayed: bool = False
+
+
+def request_hash(item: UsageInput, kind: str = "usage") -> str:
+    raw = json.dumps(
+        [kind, item.meter, format_decimal(item.quantity), item.occurred_at.isoformat() if item.occurred_at else None,
+         item.metadata, item.user_id],
+        sort_keys=True, separators=(",", ":"), default=str,
+    ).encode()
+    return hashlib.blake2b(raw, digest_size=16).hexdigest()
+
+
+def error_body(code: str, message: str, **extra: Any) -> dict[str, Any]:
+    return {"error": {"code": code, "message": message, **extra}}
+
+
+def not_found(organization_id: int) -> Outcome:
+    return Outcome(404, error_body("organization_not_found", f"There is no organization {organization_id}."))
+
+
+def unknown_meter(meter: str) -> Outcome:
+    return Outcome(400, error_body("meter_not_found", f"There is no active meter {meter!r}."))
+
+
+def key_reused() -> Outcome:
+    return Outcome(422, error_body(
+        "idempotency_key_reused",
+        "This Idempotency-Key was already used with a different request. Use a new key for a new operation.",
+    ))
+
+
+def purchase_url(organization_id: int) -> str:
+    return f"{settings.PUBLIC_BASE_URL}{settings.CREDITS_PURCHASE_PATH}?organization={organization_id}"
+
+
+def decision_fields(st: OrgState, ev: Evaluation, *, drawn: list[tuple[int, Decimal]]) -> dict[str, Any]:
+    return {
+        "organization": st.organization_id,
+        "meter": ev.meter.key,
+        "quantity": format_decimal(ev.quantity),
+        "from_allowance": format_decimal(ev.from_allowance if ev.allowed else Decimal(0)),
+        "credits_charged": format_decimal(ev.credits if ev.allowed else Decimal(0)),
+        "windows": [slot.as_dict() for slot in ev.slots],
+        "lots": [{"lot": lot_id, "credits": format_decimal(amount)} for lot_id, amount in drawn],
+        "credits": {"balance": format_decimal(st.book.balance)},
+        "plan": st.plan.key if st.plan else None,
+    }
+
+
+def denial(engine: Engine, st: OrgState, ev: Evaluation, *, user_id: int | None, now: datetime) -> dict[str, Any]:
+    """The 402 body: an error worded for the plan and the caller's role, plus the state that caused it."""
+    role = Role.OWNER
+    if user_id is not None:
+        role = membership_role(organization_id=st.organization_id, user_id=user_id) or Role.MEMBER
+    plan_name = st.plan.name if st.plan else "current"
+    if ev.reason == "spend_cap_reached":
+        resets_at = _next_month(now)
+        message = spend_cap_message(cap=format_decimal(st.book.spend_cap or Decimal(0)), role=role, resets_at=resets_at)
+    else:
+        resets_at = engine.windows_when_clear(ev)
+        message = limit_reached_message(
+            meter_name=ev.meter.name, plan_name=plan_name, plan_is_free=bool(st.plan and st.plan.is_free), role=role,
+            resets_at=resets_at, credits_blocked=ev.credits_blocked,
+        )
+    error = {
+        "code": ev.reason,
+        "message": message,
+        "resets_at": resets_at.isoformat() if resets_at else None,
+        "purchase_url": purchase_url(st.organization_id),
+        "role": role,
+    }
+    return {"error": error, "decision": Decision.DENIED, **decision_fields(st, ev, drawn=[])}
+
+
+def _next_month(now: datetime) -> datetime:
+    start = month_start(now)
+    return start.replace(year=start.year + 1, month=1) if start.month == 12 else start.replace(month=start.month + 1)
+
+
+def _with_id(event_id: int, body: dict[str, Any]) -> dict[str, Any]:
+    return {"id": event_id, **body}
+
+
+def usage_record_batch(*, items: list[UsageInput], now: datetime) -> list[Outcome]:
+    """Decide and record every item, in order, in one transaction. One outcome per item."""
+    if not items:
+        return []
+    with transaction.atomic():
+        engine = Engine({item.organization_id for item in items}, now=now)
+        catalogue = engine.catalogue
+        stored = {
+            (e.organization_id, e.idempotency_key): e
+            for e in UsageEvent.objects.filter(
+                organization_id__in=list(engine.states), idempotency_key__in=list({i.idempotency_key for i in items})
+            ).only("id", "organization_id", "idempotency_key", "request_hash", "http_status", "response")
+        }
+        engine.preload({
+            (item.organization_id, meter.id)
+            for item in items
+            if (meter := catalogue.meters_by_key.get(item.meter)) is not None
+        })
+        outcomes: list[Outcome] = []
+        pending: list[tuple[Outcome, UsageEvent, list[LedgerEntry]]] = []
+        seen: dict[tuple[int, str], tuple[str, Outcome]] = {}  # keys first used in this batch
+        repeats: list[tuple[int, Outcome]] = []  # (index, first outcome) for a key repeated in the batch
+        for item in items:
+            st = engine.state(item.organization_id)
+            if st is None:
+                outcomes.append(not_found(item.organization_id))
+                continue
+            digest = request_hash(item)
+            key = (item.organization_id, item.idempotency_key)
+            previous = stored.get(key)
+            if previous is not None:
+                if previous.request_hash != digest:
+                    outcomes.append(key_reused())
+                else:
+                    outcomes.append(Outcome(previous.http_status, _with_id(previous.pk, previous.response), True))
+                continue
+            if key in seen:
+                first_hash, first = seen[key]
+                if first_hash != digest:
+                    outcomes.append(key_reused())
+                else:
+                    repeats.append((len(outcomes), first))
+                    outcomes.append(first)  # replaced below, once the first has its id
+                continue
+            meter = catalogue.meters_by_key.get(item.meter)
+            if meter is None:
+                outcomes.append(unknown_meter(item.meter))
+                continue
+            ev = engine.evaluate(st, meter, item.quantity)
+            entries: list[LedgerEntry] = []
+            if ev.allowed:
+                drawn, entries = engine.apply(st, ev)
+                status, body = 201, {"decision": Decision.ALLOWED, **decision_fields(st, ev, drawn=drawn)}
+            else:
+                status, body = 402, denial(engine, st, ev, user_id=item.user_id, now=now)
+            event = UsageEvent(
+                organization_id=st.organization_id,
+                meter_id=meter.id,
+                kind=EventKind.USAGE,
+                decision=Decision.ALLOWED if ev.allowed else Decision.DENIED,
+                quantity=item.quantity,
+                from_allowance=ev.from_allowance if ev.allowed else 0,
+                credits_charged=ev.credits if ev.allowed else 0,
+                idempotency_key=item.idempotency_key,
+                request_hash=digest,
+                http_status=status,
+                response=body,
+                metadata=item.metadata,
+                user_id=item.user_id,
+                occurred_at=item.occurred_at or now,
+                created_at=now,
+            )
+            outcome = Outcome(status, body)
+            seen[key] = (digest, outcome)
+            outcomes.append(outcome)
+            pending.append((outcome, event, entries))
+        # Write: windows and events first (events get ids), then ledger entries that name them.
+        engine.flush_windows()
+        UsageEvent.objects.bulk_create([event for _, event, _ in pending])
+        for outcome, event, entries in pending:
+            for entry in entries:
+                entry.reference = f"usage:{event.pk}"
+            outcome.body = _with_id(event.pk, outcome.body)
+        for index, first in repeats:
+            outcomes[index] = Outcome(first.status, first.body, True)
+        engine.flush()
+    return outcomes
+
+
+def usage_record(*, item: UsageInput, now: datetime) -> Outcome:
+    return usage_record_batch(items=[item], now=now)[0]
+
+
+def usage_authorize(*, organization_id: int, meter: str, quantity: Decimal, now: datetime, user_id: int | None = None) -> Outcome:
+    """Would this be allowed now, and from where? Reads only; takes no lock and writes nothing."""
+    with transaction.atomic():
+        engine = Engine({organization_id}, now=now, lock=False)
+        st = engine.state(organization_id)
+        if st is None:
+            return not_found(organization_id)
+        meter_info = engine.catalogue.meters_by_key.get(meter)
+        if meter_info is None:
+            return unknown_meter(meter)
+        ev = engine.evaluate(st, meter_info, quantity)
+        if not ev.allowed:
+            body = denial(engine, st, ev, user_id=user_id, now=now)
+            return Outcome(200, {"allowed": False, **body})
+        fields = decision_fields(st, ev, drawn=[])
+        fields["credits_charged"] = format_decimal(ev.credits)
+        return Outcome(200, {"allowed": True, "decision": Decision.ALLOWED, **fields})
+
