@@ -1,1 +1,29 @@
-urlpatterns: list = []
+from django.urls import path
+
+from accounts.apis import KeyVerifyView
+from billing.apis import GrantView, LedgerView, OrganizationCreateView, SpendCapView, SubscriptionView
+from usage.apis import (
+    AuthorizeView,
+    EntitlementsView,
+    ReservationCommitView,
+    ReservationCreateView,
+    ReservationReleaseView,
+    UsageBatchView,
+    UsageView,
+)
+
+urlpatterns = [
+    path("usage", UsageView.as_view(), name="usage"),
+    path("usage/batch", UsageBatchView.as_view(), name="usage-batch"),
+    path("authorize", AuthorizeView.as_view(), name="authorize"),
+    path("reservations", ReservationCreateView.as_view(), name="reservations"),
+    path("reservations/<int:reservation_id>/commit", ReservationCommitView.as_view(), name="reservation-commit"),
+    path("reservations/<int:reservation_id>/release", ReservationReleaseView.as_view(), name="reservation-release"),
+    path("organizations", OrganizationCreateView.as_view(), name="organizations"),
+    path("organizations/<int:organization_id>/entitlements", EntitlementsView.as_view(), name="entitlements"),
+    path("organizations/<int:organization_id>/ledger", LedgerView.as_view(), name="ledger"),
+    path("organizations/<int:organization_id>/grants", GrantView.as_view(), name="grants"),
+    path("organizations/<int:organization_id>/subscription", SubscriptionView.as_view(), name="subscription"),
+    path("organizations/<int:organization_id>/spend-cap", SpendCapView.as_view(), name="spend-cap"),
+    path("keys/verify", KeyVerifyView.as_view(), name="keys-verify"),
+]

@@ -1,0 +1,211 @@
+"""Admin and ledger API: thin views over billing services and selectors."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
+from rest_framework import serializers
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from billing import selectors, services
+from billing.models import CreditLot, LotCategory
+from core.api import idempotency_key
+from core.clock import now
+from core.errors import DomainError, NotFound
+from core.idempotency import run_once
+from core.money import format_decimal
+from core.parsing import get_datetime, get_decimal, get_int, get_str, require_object
+from core.permissions import IsAdminScope, check_organization
+
+LEDGER_PAGE_MAX = 500
+
+
+def entry_dict(entry: Any) -> dict[str, Any]:
+    return {
+        "id": entry.pk,
+        "kind": entry.kind,
+        "amount": format_decimal(entry.amount),
+        "balance_after": format_decimal(entry.balance_after),
+        "lot": entry.lot_id,
+        "lot_category": entry.lot.category,
+        "reference": entry.reference,
+        "reason": entry.reason,
+        "actor": entry.actor_id,
+        "created_at": entry.created_at.isoformat(),
+    }
+
+
+def lot_dict(lot: CreditLot) -> dict[str, Any]:
+    return {
+        "id": lot.pk,
+        "organization": lot.organization_id,
+        "category": lot.category,
+        "source": lot.source,
+        "priority": lot.priority,
+        "granted": format_decimal(lot.granted),
+        "remaining": format_decimal(lot.remaining),
+        "effective_at": lot.effective_at.isoformat(),
+        "expires_at": lot.expires_at.isoformat() if lot.expires_at else None,
+        "reason": lot.reason,
+    }
+
+
+class LedgerView(APIView):
+    @extend_schema(
+        operation_id="ledger_list",
+        parameters=[
+            OpenApiParameter("before", int, description="Return entries with id below this (the previous page's `next`)"),
+            OpenApiParameter("limit", int, description=f"Page size, at most {LEDGER_PAGE_MAX}"),
+        ],
+        responses={200: inline_serializer("LedgerPage", {"data": serializers.ListField(), "next": serializers.IntegerField()})},
+        summary="Ledger entries, newest first",
+    )
+    def get(self, request: Request, organization_id: int) -> Response:
+        check_organization(request, organization_id)
+        if selectors.credit_account(organization_id=organization_id) is None:
+            raise NotFound(f"There is no organization {organization_id}.", code="organization_not_found")
+        params = request.query_params
+        limit = get_int(params, "limit", required=False) or 100
+        before = get_int(params, "before", required=False)
+        if limit > LEDGER_PAGE_MAX:
+            raise DomainError(f"limit: at most {LEDGER_PAGE_MAX}", code="validation_error", field="limit")
+        qs = selectors.ledger_entries(organization_id=organization_id)
+        if before is not None:
+            qs = qs.filter(pk__lt=before)
+        rows = list(qs[: limit + 1])
+        page = rows[:limit]
+        return Response({
+            "data": [entry_dict(e) for e in page],
+            "next": page[-1].pk if len(rows) > limit and page else None,
+        })
+
+
+class GrantView(APIView):
+    permission_classes = [IsAdminScope]
+
+    @extend_schema(
+        operation_id="credits_grant",
+        request=inline_serializer("GrantRequest", {
+            "credits": serializers.DecimalField(max_digits=20, decimal_places=4),
+            "reason": serializers.CharField(),
+            "expires_at": serializers.DateTimeField(required=False),
+            "priority": serializers.IntegerField(required=False),
+            "category": serializers.ChoiceField(LotCategory.values, required=False),
+        }),
+        responses={201: inline_serializer("Lot", {"id": serializers.IntegerField()})},
+        summary="Grant credits (admin)",
+    )
+    def post(self, request: Request, organization_id: int) -> Response:
+        key = idempotency_key(request)
+        data = require_object(request.data)
+        credits = get_decimal(data, "credits")
+        reason = get_str(data, "reason", max_length=500)
+        expires_at = get_datetime(data, "expires_at")
+        priority = get_int(data, "priority", required=False, minimum=-1000) or 100
+        category = get_str(data, "category", required=False) or LotCategory.PROMOTIONAL
+        if category not in LotCategory.values:
+            raise DomainError("category: must be promotional or paid", code="validation_error", field="category")
+        assert credits is not None and reason is not None
+
+        def grant() -> tuple[int, dict[str, Any]]:
+            lot = services.credits_grant(
+                organization_id=organization_id, credits=credits, now=now(), category=category, reason=reason,
+                expires_at=expires_at, priority=priority, external_ref=f"api:{key}",
+            )
+            return 201, lot_dict(lot)
+
+        status, body = run_once(scope=f"grants:{organization_id}", key=key, payload=data, operation=grant)
+        return Response(body, status=status)
+
+
+class OrganizationCreateView(APIView):
+    permission_classes = [IsAdminScope]
+
+    @extend_schema(
+        operation_id="organization_create",
+        request=inline_serializer("OrganizationCreate", {
+            "name": serializers.CharField(), "owner_email": serializers.EmailField(), "plan": serializers.CharField(required=False),
+            "timezone": serializers.CharField(required=False),
+        }),
+        responses={201: inline_serializer("Organization", {"id": serializers.IntegerField(), "name": serializers.CharField()})},
+        summary="Provision an organization (admin)",
+    )
+    def post(self, request: Request) -> Response:
+        key = idempotency_key(request)
+        data = require_object(request.data)
+        name = get_str(data, "name", max_length=200)
+        email = get_str(data, "owner_email", max_length=254)
+        plan = get_str(data, "plan", required=False, max_length=64)
+        tz = get_str(data, "timezone", required=False, max_length=64) or "UTC"
+        assert name is not None and email is not None
+        try:
+            serializers.EmailField().run_validation(email)
+        except serializers.ValidationError:
+            raise DomainError("owner_email: must be an email address", code="validation_error", field="owner_email") from None
+        _check_timezone(tz)
+
+        def provision() -> tuple[int, dict[str, Any]]:
+            org = services.organization_provision(name=name, owner_email=email, plan_key=plan, now=now(), timezone=tz)
+            sub = org.subscription
+            return 201, {
+                "id": org.pk, "name": org.name, "owner_email": email.lower(), "plan": sub.plan.key,
+                "timezone": org.timezone, "period_anchor": sub.anchor.isoformat(),
+            }
+
+        status, body = run_once(scope="organizations.create", key=key, payload=data, operation=provision)
+        return Response(body, status=status)
+
+
+def _check_timezone(tz: str) -> None:
+    import zoneinfo
+
+    try:
+        zoneinfo.ZoneInfo(tz)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        raise DomainError("timezone: not a known IANA time zone", code="validation_error", field="timezone") from None
+
+
+class SubscriptionView(APIView):
+    permission_classes = [IsAdminScope]
+
+    @extend_schema(
+        operation_id="subscription_change",
+        request=inline_serializer("SubscriptionChange", {"plan": serializers.CharField()}),
+        responses={200: inline_serializer("Subscription", {"plan": serializers.CharField()})},
+        summary="Change an organization's plan (admin); the new plan's periods start now",
+    )
+    def put(self, request: Request, organization_id: int) -> Response:
+        key = idempotency_key(request)
+        data = require_object(request.data)
+        plan = get_str(data, "plan", max_length=64)
+        assert plan is not None
+
+        def change() -> tuple[int, dict[str, Any]]:
+            sub = services.subscription_change(organization_id=organization_id, plan_key=plan, now=now())
+            return 200, {"organization": organization_id, "plan": sub.plan.key, "status": sub.status,
+                         "period_anchor": sub.anchor.isoformat()}
+
+        status, body = run_once(scope=f"subscription:{organization_id}", key=key, payload=data, operation=change)
+        return Response(body, status=status)
+
+
+class SpendCapView(APIView):
+    permission_classes = [IsAdminScope]
+
+    @extend_schema(
+        operation_id="spend_cap_set",
+        request=inline_serializer("SpendCap", {"monthly_spend_cap": serializers.CharField(allow_null=True)}),
+        responses={200: inline_serializer("SpendCapSet", {"monthly_spend_cap": serializers.CharField(allow_null=True)})},
+        summary="Set or clear the monthly credit spend cap (admin)",
+    )
+    def put(self, request: Request, organization_id: int) -> Response:
+        idempotency_key(request)
+        data = require_object(request.data)
+        cap = get_decimal(data, "monthly_spend_cap", required=False, sign="nonnegative")
+        account = services.spend_cap_set(organization_id=organization_id, cap=cap, now=now())
+        cap_value = account.monthly_spend_cap
+        return Response({"organization": organization_id,
+                         "monthly_spend_cap": None if cap_value is None else format_decimal(cap_value)})
