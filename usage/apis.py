@@ -11,7 +11,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from core.api import idempotency_key
+from core.api import IDEMPOTENCY_PARAM, idempotency_key
 from core.clock import now
 from core.errors import DomainError, NotFound
 from core.parsing import get_datetime, get_decimal, get_int, get_metadata, get_str, require_object
@@ -43,10 +43,6 @@ DecisionSchema = inline_serializer(
     },
 )
 ErrorSchema = inline_serializer("Error", {"error": serializers.DictField()})
-IDEMPOTENCY_PARAM = {
-    "name": "Idempotency-Key", "in": "header", "required": True, "schema": {"type": "string", "maxLength": 255},
-    "description": "Unique per operation; a retry with the same key returns the first answer.",
-}
 
 
 def respond(outcome: Outcome) -> Response:
@@ -78,7 +74,7 @@ class UsageView(APIView):
         operation_id="usage_record", request=UsageRequestSchema,
         responses={201: DecisionSchema, 402: OpenApiResponse(ErrorSchema, description="limit_reached or spend_cap_reached"),
                    422: ErrorSchema},
-        parameters=[IDEMPOTENCY_PARAM],  # type: ignore[list-item]
+        parameters=[IDEMPOTENCY_PARAM],
         summary="Record usage: allowed (201) with who paid, or denied (402) with nothing consumed",
     )
     def post(self, request: Request) -> Response:
@@ -150,7 +146,7 @@ class ReservationCreateView(APIView):
             "quantity": serializers.DecimalField(max_digits=20, decimal_places=4),
             "ttl_seconds": serializers.IntegerField(required=False),
         }),
-        parameters=[IDEMPOTENCY_PARAM],  # type: ignore[list-item]
+        parameters=[IDEMPOTENCY_PARAM],
         responses={201: inline_serializer("Reservation", {"id": serializers.IntegerField(), "status": serializers.CharField()}),
                    402: ErrorSchema},
         summary="Hold allowance and credits for a long job",
@@ -180,7 +176,7 @@ class ReservationCommitView(APIView):
         request=inline_serializer("ReservationCommit", {
             "organization": serializers.IntegerField(), "quantity": serializers.DecimalField(max_digits=20, decimal_places=4)
         }),
-        parameters=[IDEMPOTENCY_PARAM],  # type: ignore[list-item]
+        parameters=[IDEMPOTENCY_PARAM],
         responses={200: inline_serializer("ReservationCommitted", {"id": serializers.IntegerField()}), 409: ErrorSchema},
         summary="Consume the actual amount; the rest of the hold is released",
     )
@@ -198,7 +194,7 @@ class ReservationReleaseView(APIView):
     @extend_schema(
         operation_id="reservation_release",
         request=inline_serializer("ReservationRelease", {"organization": serializers.IntegerField()}),
-        parameters=[IDEMPOTENCY_PARAM],  # type: ignore[list-item]
+        parameters=[IDEMPOTENCY_PARAM],
         responses={200: inline_serializer("ReservationReleased", {"id": serializers.IntegerField()}), 409: ErrorSchema},
         summary="Free everything a hold took",
     )

@@ -22,7 +22,7 @@ def limit_reached_message(
     if plan_is_free:
         tail = _(" Upgrade to a paid plan for more usage.") if manager else _(" Ask an owner to upgrade the plan.")
     elif credits_blocked:
-        tail = _(" Credits can't be used for this on your plan.") if not manager else _(" Upgrade your plan for more.")
+        tail = _(" Upgrade your plan for more.") if manager else _(" Ask an owner to upgrade the plan.")
     elif manager:
         tail = _(" Buy credits to keep working now.")
     else:

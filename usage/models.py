@@ -73,7 +73,8 @@ class UsageEvent(models.Model):
 
     class Meta:
         constraints = [
-            models.UniqueConstraint(fields=["organization", "idempotency_key"], name="event_unique_key"),
+            # Per kind: a commit's event key ("reservation:<id>") cannot clash with a client's usage key.
+            models.UniqueConstraint(fields=["organization", "kind", "idempotency_key"], name="event_unique_kind_key"),
         ]
         indexes = [
             models.Index(fields=["organization", "-created_at"], name="event_org_recent"),

@@ -10,7 +10,7 @@ account lock. On SQLite, IMMEDIATE transactions serialize all writers instead.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from datetime import date, datetime
+from datetime import UTC, date, datetime
 from decimal import Decimal
 
 from django.db.models import Case, F, IntegerField, Value, When
@@ -167,6 +167,12 @@ class CreditBook:
             total += amount
             if lot.expires_at is not None and lot.expires_at <= self.now:
                 self._expire_lot(lot)
+            elif lot.expires_at is not None and (
+                self.account.next_lot_expiry is None or lot.expires_at < self.account.next_lot_expiry
+            ):
+                # The lot may have been empty when next_lot_expiry was last computed: note it again.
+                self.account.next_lot_expiry = lot.expires_at
+                self._account_dirty = True
         if held_month == self.month and total > 0:
             self.account.spend_month_total = max(self.account.spend_month_total - total, ZERO)
             self._account_dirty = True
@@ -241,11 +247,14 @@ class CreditBook:
             self._account_dirty = False
 
 
+_NO_EXPIRY = datetime.max.replace(tzinfo=UTC)
+
+
 def _draw_key(lot: CreditLot) -> tuple[object, ...]:
     return (
         lot.priority,
         lot.expires_at is None,
-        lot.expires_at or lot.created_at,
+        lot.expires_at or _NO_EXPIRY,  # lots without expiry tie here, as NULLs do in DRAW_ORDER
         0 if lot.category == LotCategory.PROMOTIONAL else 1,
         lot.created_at,
         lot.pk,

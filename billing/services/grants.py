@@ -10,7 +10,7 @@ from django.db import transaction
 from billing.models import CreditAccount, CreditLot, EntryKind, LotCategory, LotSource
 from billing.services.book import CreditBook, credit_books_lock
 from core.errors import DomainError, NotFound
-from core.money import round_credits
+from core.money import format_decimal, round_credits
 
 
 def _book(organization_id: int, now: datetime) -> CreditBook:
@@ -96,7 +96,7 @@ def credits_adjust(*, organization_id: int, credits: Decimal, reason: str, actor
         take = -credits
         if take > book.available():
             raise DomainError(
-                f"Only {book.available()} credits can be removed now.", code="insufficient_credits"
+                f"Only {format_decimal(book.available())} credits can be removed now.", code="insufficient_credits"
             )
         book.draw(take, kind=EntryKind.ADJUST, reference="adjust", count_spend=False, reason=reason, actor_id=actor_id)
     book.flush()

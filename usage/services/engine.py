@@ -188,20 +188,21 @@ class Engine:
         cost = round_credits(rest * meter.credits_per_unit)
         blocked = st.plan is not None and self.catalogue.credits_blocked(st.plan.id, meter.id)
         ev = Evaluation(meter, quantity, slots, from_allowance, cost, True, credits_blocked=blocked)
-        if cost == 0:
+        if rest == 0 or (cost == 0 and not blocked):
             return ev
         if blocked:
-            can = ZERO
+            can = ZERO  # the plan never draws credits for this meter
         else:
-            can = min(cost, st.book.available())
+            available = st.book.available()
+            can = min(cost, available)
             cap_room = st.book.cap_room()
             if cap_room is not None and cap_room < can:
                 can = cap_room
-                if not partial and cost > cap_room and st.book.available() >= cost:
+                if not partial and available >= cost:
                     ev.allowed, ev.reason = False, "spend_cap_reached"
                     return ev
-        if can >= cost:
-            return ev
+            if can >= cost:
+                return ev
         if partial:
             ev.credits, ev.shortfall = can, cost - can
             return ev
@@ -291,7 +292,8 @@ class Engine:
         for st in self.states.values():
             for slot in st.slots.values():
                 w = slot.window
-                if not slot.dirty or w.limit <= 0 or w.used <= slot.used_at_load:
+                # Not `slot.dirty`: flush_windows() may already have cleared it (usage_record_batch does).
+                if w.limit <= 0 or w.used <= slot.used_at_load:
                     continue
                 for pct in THRESHOLDS:
                     mark = w.limit * pct / 100

@@ -136,7 +136,9 @@ def usage_record_batch(*, items: list[UsageInput], now: datetime) -> list[Outcom
         stored = {
             (e.organization_id, e.idempotency_key): e
             for e in UsageEvent.objects.filter(
-                organization_id__in=list(engine.states), idempotency_key__in=list({i.idempotency_key for i in items})
+                organization_id__in=list(engine.states),
+                kind=EventKind.USAGE,
+                idempotency_key__in=list({i.idempotency_key for i in items}),
             ).only("id", "organization_id", "idempotency_key", "request_hash", "http_status", "response")
         }
         engine.preload({

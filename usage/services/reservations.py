@@ -84,8 +84,10 @@ def reservation_create(*, item: UsageInput, ttl_seconds: int | None, now: dateti
             reservation.status = ReservationStatus.DENIED
             reservation.settled_at = now
             body = denial(engine, st, ev, user_id=item.user_id, now=now)
-            reservation.response = body
             reservation.save()
+            body = {"id": reservation.pk, **body}
+            reservation.response = body
+            reservation.save(update_fields=["response"])
             engine.flush()
             return Outcome(402, body)
         drawn, entries = engine.apply(st, ev, kind=EntryKind.HOLD)
@@ -113,6 +115,16 @@ def _windows_and_balance(st: OrgState, ev: Any, drawn: list[tuple[int, Decimal]]
     return {"meter": fields["meter"], "windows": fields["windows"], "lots": fields["lots"], "credits": fields["credits"]}
 
 
+def _committed_body(reservation: Reservation) -> dict[str, Any]:
+    """The first commit's answer again: the reservation, plus the windows and credits its event stored."""
+    stored: dict[str, Any] = {}
+    if reservation.commit_event_id is not None:
+        event = UsageEvent.objects.filter(pk=reservation.commit_event_id).values_list("response", flat=True).first()
+        stored = event or {}
+    fields: dict[str, Any] = {k: stored[k] for k in ("meter", "windows", "lots", "credits") if k in stored}
+    return {**reservation_body(reservation), **fields}
+
+
 def _locked_reservation(engine: Engine, organization_id: int, reservation_id: int) -> Reservation | None:
     return Reservation.objects.filter(pk=reservation_id, organization_id=organization_id).first()
 
@@ -134,7 +146,7 @@ def reservation_commit(*, organization_id: int, reservation_id: int, quantity: D
         if reservation.status == ReservationStatus.COMMITTED:
             if reservation.committed_quantity == quantity:
                 engine.flush()
-                return Outcome(200, reservation_body(reservation), True)
+                return Outcome(200, _committed_body(reservation), True)
             return Outcome(409, error_body(
                 "reservation_already_committed",
                 f"This reservation was already committed with quantity {format_decimal(reservation.committed_quantity or Decimal(0))}.",
@@ -160,7 +172,7 @@ def reservation_commit(*, organization_id: int, reservation_id: int, quantity: D
             quantity=quantity,
             from_allowance=ev.from_allowance,
             credits_charged=ev.credits,
-            idempotency_key=f"reservation:{reservation.pk}:commit",
+            idempotency_key=f"reservation:{reservation.pk}",
             request_hash="",
             http_status=200,
             response={"decision": Decision.ALLOWED, **fields, "shortfall_credits": format_decimal(ev.shortfall)},

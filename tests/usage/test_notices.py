@@ -1,0 +1,280 @@
+"""Notices: window thresholds, credits low / depleted, allowance reset, and sending them once."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+from django.core import mail
+
+from accounts.models import Membership, Role, User
+from billing.services import credits_grant
+from plans.models import WindowKind
+from tests.factories import T0, AllowanceFactory, MeterFactory, PlanFactory, make_org
+from tests.usage.engine_support import D, use
+from usage.models import AllowanceWindow, Notice
+from usage.services import (
+    UsageInput,
+    notices_send_pending,
+    reservation_create,
+    reservation_release,
+    windows_close_finished,
+)
+
+pytestmark = pytest.mark.django_db
+
+H = timedelta(hours=1)
+PERIOD_END = "2026-02-15T12:00:00+00:00"
+
+
+def period_org(*, limit="10", owner=None):
+    meter = MeterFactory(name="Local tasks")
+    allowance = AllowanceFactory(limit=D(limit), meter=meter)
+    return make_org(plan=allowance.plan, owner=owner), meter, allowance
+
+
+def notices(org, kind=None):
+    qs = Notice.objects.filter(organization=org).order_by("id")
+    if kind:
+        qs = qs.filter(kind=kind)
+    return list(qs.values_list("kind", "dedupe_key", "payload"))
+
+
+def threshold(allowance, pct, *, start=T0, window="billing period", limit="10", resets_at=PERIOD_END):
+    return (
+        "window_threshold",
+        f"{allowance.pk}:{start.isoformat()}:{pct}",
+        {"percent": pct, "meter_id": allowance.meter_id, "window": window, "limit": limit, "resets_at": resets_at},
+    )
+
+
+# Window thresholds -----------------------------------------------------------------------------
+
+
+def test_each_threshold_creates_one_notice_when_crossed():
+    org, meter, allowance = period_org()
+    use(org, meter, "4", "k1", now=T0)
+    assert notices(org) == []
+    use(org, meter, "1", "k2", now=T0)  # 5 of 10: 50 %
+    assert notices(org) == [threshold(allowance, 50)]
+    use(org, meter, "2", "k3", now=T0)  # 7: nothing new
+    use(org, meter, "1", "k4", now=T0)  # 8: 80 %
+    use(org, meter, "2", "k5", now=T0)  # 10: 100 %
+    assert notices(org) == [threshold(allowance, 50), threshold(allowance, 80), threshold(allowance, 100)]
+    assert list(Notice.objects.filter(organization=org).values_list("created_at", flat=True).distinct()) == [T0]
+
+
+def test_one_usage_crossing_every_threshold_creates_three_notices():
+    org, meter, allowance = period_org()
+    use(org, meter, "25", "k1", now=T0)  # 10 included, the rest would need credits
+    assert notices(org) == []  # denied: nothing consumed, nothing to tell
+    credits_grant(organization_id=org.pk, credits=D(100), now=T0)
+    use(org, meter, "12", "k2", now=T0)
+    assert notices(org, "window_threshold") == [
+        threshold(allowance, 50),
+        threshold(allowance, 80),
+        threshold(allowance, 100),
+    ]
+
+
+def test_a_threshold_crossed_again_in_the_same_window_is_not_repeated():
+    org, meter, allowance = period_org()
+    hold = reservation_create(
+        item=UsageInput(organization_id=org.pk, meter=meter.key, quantity=D(10), idempotency_key="r1"),
+        ttl_seconds=600,
+        now=T0,
+    )
+    assert len(notices(org)) == 3
+    reservation_release(organization_id=org.pk, reservation_id=hold.body["id"], now=T0 + H / 6)
+    # When the window fills again
+    use(org, meter, "10", "k1", now=T0 + H)
+    # Then there are still three notices
+    assert notices(org) == [threshold(allowance, 50), threshold(allowance, 80), threshold(allowance, 100)]
+
+
+def test_a_new_window_has_its_own_notices():
+    meter = MeterFactory()
+    allowance = AllowanceFactory(meter=meter, limit=D(4), window_kind=WindowKind.ROLLING, window_seconds=5 * 3600)
+    org = make_org(plan=allowance.plan)
+    use(org, meter, "2", "k1", now=T0)
+    use(org, meter, "2", "k2", now=T0 + 6 * H)
+    five = {"window": "5 hours", "limit": "4"}
+    assert notices(org) == [
+        threshold(allowance, 50, resets_at=(T0 + 5 * H).isoformat(), **five),
+        threshold(allowance, 50, start=T0 + 6 * H, resets_at=(T0 + 11 * H).isoformat(), **five),
+    ]
+
+
+def test_each_window_of_a_meter_has_its_own_thresholds():
+    meter = MeterFactory()
+    plan = PlanFactory()
+    five = AllowanceFactory(plan=plan, meter=meter, limit=D(4), window_kind=WindowKind.ROLLING, window_seconds=5 * 3600)
+    seven = AllowanceFactory(
+        plan=plan, meter=meter, limit=D(20), window_kind=WindowKind.ROLLING, window_seconds=7 * 86400
+    )
+    org = make_org(plan=plan)
+    use(org, meter, "4", "k1", now=T0)  # 100 % of 4, 20 % of 20
+    assert [n[1] for n in notices(org)] == [f"{five.pk}:{T0.isoformat()}:{pct}" for pct in (50, 80, 100)]
+    use(org, meter, "4", "k2", now=T0 + 5 * H)
+    use(org, meter, "2", "k3", now=T0 + 10 * H)  # 10 of 20: 50 % of the 7 days
+    assert [n[1] for n in notices(org) if n[1].startswith(f"{seven.pk}:")] == [f"{seven.pk}:{T0.isoformat()}:50"]
+
+
+# Credits low and depleted ----------------------------------------------------------------------
+
+
+def test_credits_low_then_depleted_once_a_day(settings):
+    settings.CREDITS_LOW_THRESHOLD = "20"
+    org, meter, _ = period_org(limit="0")
+    credits_grant(organization_id=org.pk, credits=D(50), now=T0)
+    use(org, meter, "4", "k1", now=T0)  # 30 left
+    assert notices(org) == []
+    use(org, meter, "3", "k2", now=T0)  # 15 left: under 20
+    assert notices(org) == [("credits_low", "2026-01-15", {"balance": "15", "threshold": "20"})]
+    use(org, meter, "1", "k3", now=T0)  # 10 left: already low
+    use(org, meter, "2", "k4", now=T0 + H)  # 0 left
+    assert notices(org) == [
+        ("credits_low", "2026-01-15", {"balance": "15", "threshold": "20"}),
+        ("credits_depleted", "2026-01-15", {"balance": "0"}),
+    ]
+    # A top-up and a second fall on the same day tell nothing new; the next day they do
+    credits_grant(organization_id=org.pk, credits=D(50), now=T0 + 2 * H)
+    use(org, meter, "10", "k5", now=T0 + 2 * H)
+    assert len(notices(org)) == 2
+    credits_grant(organization_id=org.pk, credits=D(50), now=T0 + 24 * H)
+    use(org, meter, "9", "k6", now=T0 + 24 * H)  # 50 -> 5
+    assert notices(org)[2:] == [("credits_low", "2026-01-16", {"balance": "5", "threshold": "20"})]
+
+
+def test_falling_straight_to_zero_is_depleted_not_low(settings):
+    settings.CREDITS_LOW_THRESHOLD = "20"
+    org, meter, _ = period_org(limit="0")
+    credits_grant(organization_id=org.pk, credits=D(50), now=T0)
+    use(org, meter, "10", "k1", now=T0)
+    assert notices(org) == [("credits_depleted", "2026-01-15", {"balance": "0"})]
+
+
+# Allowance reset ----------------------------------------------------------------------------
+
+
+def rolling_org(owner=None):
+    meter = MeterFactory(name="Local tasks")
+    allowance = AllowanceFactory(meter=meter, limit=D(5), window_kind=WindowKind.ROLLING, window_seconds=5 * 3600)
+    return make_org(plan=allowance.plan, owner=owner), meter, allowance
+
+
+def test_windows_close_finished_creates_allowance_reset_notices_once():
+    org, meter, allowance = rolling_org()
+    use(org, meter, "2", "k1", now=T0)
+    # Before the window ends nothing is closed
+    assert windows_close_finished(now=T0 + 5 * H - timedelta(microseconds=1)) == 0
+    assert notices(org, "allowance_reset") == []
+    # At its end it is closed with one notice
+    assert windows_close_finished(now=T0 + 5 * H) == 1
+    expected = [
+        (
+            "allowance_reset",
+            f"{allowance.pk}:{T0.isoformat()}",
+            {
+                "window": "5 hours",
+                "meter": "Local tasks",
+                "limit": "5",
+                "used": "2",
+                "reset_at": (T0 + 5 * H).isoformat(),
+            },
+        )
+    ]
+    assert notices(org, "allowance_reset") == expected
+    assert AllowanceWindow.objects.get(organization=org).closed_at == T0 + 5 * H
+    # Run again: nothing more
+    assert windows_close_finished(now=T0 + 6 * H) == 0
+    assert notices(org, "allowance_reset") == expected
+
+
+def test_windows_close_finished_not_run_changes_no_decision_and_catches_up_later():
+    org, meter, allowance = rolling_org()
+    use(org, meter, "5", "k1", now=T0)
+    # Without the task, the next window opens on use
+    assert use(org, meter, "5", "k2", now=T0 + 5 * H).status == 201
+    # A late run closes only the ended window, once
+    assert windows_close_finished(now=T0 + 6 * H) == 1
+    assert [n[1] for n in notices(org, "allowance_reset")] == [f"{allowance.pk}:{T0.isoformat()}"]
+    assert windows_close_finished(now=T0 + 10 * H) == 1
+    assert windows_close_finished(now=T0 + 10 * H) == 0
+    assert len(notices(org, "allowance_reset")) == 2
+
+
+def test_an_unused_window_closes_without_a_notice():
+    org, meter, _ = rolling_org()
+    hold = reservation_create(
+        item=UsageInput(organization_id=org.pk, meter=meter.key, quantity=D(2), idempotency_key="r1"),
+        ttl_seconds=600,
+        now=T0,
+    )
+    reservation_release(organization_id=org.pk, reservation_id=hold.body["id"], now=T0 + H)
+    assert windows_close_finished(now=T0 + 5 * H) == 1
+    assert notices(org, "allowance_reset") == []
+
+
+# Sending ---------------------------------------------------------------------------------------
+
+
+def test_notices_are_emailed_once_to_owners_and_admins(settings):
+    settings.EMAIL_BACKEND = "django.core.mail.backends.locmem.EmailBackend"
+    owner = User.objects.create_user(email="owner@example.com")
+    org, meter, allowance = period_org(owner=owner)
+    admin = User.objects.create_user(email="admin@example.com")
+    member = User.objects.create_user(email="member@example.com")
+    gone = User.objects.create_user(email="gone@example.com", is_active=False)
+    Membership.objects.create(organization=org, user=admin, role=Role.ADMIN)
+    Membership.objects.create(organization=org, user=member, role=Role.MEMBER)
+    Membership.objects.create(organization=org, user=gone, role=Role.OWNER)
+    use(org, meter, "5", "k1", now=T0)
+    mail.outbox.clear()
+    # When pending notices are sent
+    assert notices_send_pending(now=T0 + H) == 1
+    # Then one email went to the active owners and admins
+    [message] = mail.outbox
+    assert sorted(message.to) == ["admin@example.com", "owner@example.com"]
+    assert message.subject == "You have used 50% of your billing period allowance"
+    assert message.body == (
+        "You have used 50% of your billing period allowance\n\n"
+        f"limit: 10\nmeter_id: {meter.pk}\npercent: 50\nresets_at: {PERIOD_END}\nwindow: billing period"
+    )
+    assert message.from_email == settings.DEFAULT_FROM_EMAIL
+    assert list(Notice.objects.filter(organization=org).values_list("sent_at", flat=True)) == [T0 + H]
+    # And running again sends nothing
+    assert notices_send_pending(now=T0 + 2 * H) == 0
+    assert len(mail.outbox) == 1
+
+
+def test_each_kind_of_notice_has_its_subject(settings):
+    settings.EMAIL_BACKEND = "django.core.mail.backends.locmem.EmailBackend"
+    settings.CREDITS_LOW_THRESHOLD = "20"
+    owner = User.objects.create_user(email="owner@example.com")
+    org, meter, _ = rolling_org(owner=owner)
+    credits_grant(organization_id=org.pk, credits=D(30), now=T0)
+    use(org, meter, "7", "k1", now=T0)  # 5 included (50/80/100 %), 2 x 5 = 10 credits: 20 left
+    use(org, meter, "1", "k2", now=T0)  # 15 left: low
+    use(org, meter, "3", "k3", now=T0)  # 0 left: depleted
+    windows_close_finished(now=T0 + 5 * H)
+    mail.outbox.clear()
+    assert notices_send_pending(now=T0 + 5 * H) == 6
+    assert [m.subject for m in mail.outbox] == [
+        "You have used 50% of your 5 hours allowance",
+        "You have used 80% of your 5 hours allowance",
+        "You have used 100% of your 5 hours allowance",
+        "Your credit balance is low (15 credits)",
+        "You are out of credits",
+        "Your 5 hours allowance has reset",
+    ]
+
+
+def test_a_notice_without_recipients_is_marked_sent_without_email(settings):
+    settings.EMAIL_BACKEND = "django.core.mail.backends.locmem.EmailBackend"
+    org, meter, _ = period_org()
+    use(org, meter, "5", "k1", now=T0)
+    mail.outbox.clear()
+    assert notices_send_pending(now=T0 + H) == 0
+    assert mail.outbox == []
+    assert list(Notice.objects.filter(organization=org).values_list("sent_at", flat=True)) == [T0 + H]
