@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+from typing import Any
+
+from drf_spectacular.extensions import OpenApiAuthenticationExtension
 from drf_spectacular.utils import extend_schema, inline_serializer
 from rest_framework import serializers
 from rest_framework.request import Request
@@ -12,6 +15,20 @@ from core.errors import NotFound
 from core.parsing import get_str, require_object
 from core.permissions import IsServiceToken
 from plans.selectors import subscription_for
+
+
+class BearerAuthenticationScheme(OpenApiAuthenticationExtension):
+    """Documents accounts.authentication.BearerAuthentication in the OpenAPI schema (registered on import)."""
+
+    target_class = "accounts.authentication.BearerAuthentication"
+    name = "bearerAuth"
+
+    def get_security_definition(self, auto_schema: Any) -> dict[str, str]:
+        return {
+            "type": "http",
+            "scheme": "bearer",
+            "description": "A service token (scope usage or admin) or a customer API key.",
+        }
 
 
 class KeyVerifyView(APIView):

@@ -12,15 +12,15 @@ from rest_framework.views import APIView
 
 from billing import selectors, services
 from billing.models import CreditLot, LotCategory
-from core.api import idempotency_key
+from core.api import IDEMPOTENCY_PARAM, idempotency_key, once_response
 from core.clock import now
 from core.errors import DomainError, NotFound
-from core.idempotency import run_once
 from core.money import format_decimal
 from core.parsing import get_datetime, get_decimal, get_int, get_str, require_object
 from core.permissions import IsAdminScope, check_organization
 
 LEDGER_PAGE_MAX = 500
+PRIORITY_MAX = 32767  # CreditLot.priority is a SmallIntegerField
 
 
 def entry_dict(entry: Any) -> dict[str, Any]:
@@ -88,6 +88,7 @@ class GrantView(APIView):
 
     @extend_schema(
         operation_id="credits_grant",
+        parameters=[IDEMPOTENCY_PARAM],
         request=inline_serializer("GrantRequest", {
             "credits": serializers.DecimalField(max_digits=20, decimal_places=4),
             "reason": serializers.CharField(),
@@ -104,7 +105,9 @@ class GrantView(APIView):
         credits = get_decimal(data, "credits")
         reason = get_str(data, "reason", max_length=500)
         expires_at = get_datetime(data, "expires_at")
-        priority = get_int(data, "priority", required=False, minimum=-1000) or 100
+        priority = get_int(data, "priority", required=False, minimum=-1000, maximum=PRIORITY_MAX)
+        if priority is None:  # not `or 100`: 0 is a valid priority
+            priority = 100
         category = get_str(data, "category", required=False) or LotCategory.PROMOTIONAL
         if category not in LotCategory.values:
             raise DomainError("category: must be promotional or paid", code="validation_error", field="category")
@@ -117,8 +120,7 @@ class GrantView(APIView):
             )
             return 201, lot_dict(lot)
 
-        status, body = run_once(scope=f"grants:{organization_id}", key=key, payload=data, operation=grant)
-        return Response(body, status=status)
+        return once_response(scope=f"grants:{organization_id}", key=key, payload=data, operation=grant)
 
 
 class OrganizationCreateView(APIView):
@@ -126,6 +128,7 @@ class OrganizationCreateView(APIView):
 
     @extend_schema(
         operation_id="organization_create",
+        parameters=[IDEMPOTENCY_PARAM],
         request=inline_serializer("OrganizationCreate", {
             "name": serializers.CharField(), "owner_email": serializers.EmailField(), "plan": serializers.CharField(required=False),
             "timezone": serializers.CharField(required=False),
@@ -155,8 +158,7 @@ class OrganizationCreateView(APIView):
                 "timezone": org.timezone, "period_anchor": sub.anchor.isoformat(),
             }
 
-        status, body = run_once(scope="organizations.create", key=key, payload=data, operation=provision)
-        return Response(body, status=status)
+        return once_response(scope="organizations.create", key=key, payload=data, operation=provision)
 
 
 def _check_timezone(tz: str) -> None:
@@ -173,6 +175,7 @@ class SubscriptionView(APIView):
 
     @extend_schema(
         operation_id="subscription_change",
+        parameters=[IDEMPOTENCY_PARAM],
         request=inline_serializer("SubscriptionChange", {"plan": serializers.CharField()}),
         responses={200: inline_serializer("Subscription", {"plan": serializers.CharField()})},
         summary="Change an organization's plan (admin); the new plan's periods start now",
@@ -188,8 +191,7 @@ class SubscriptionView(APIView):
             return 200, {"organization": organization_id, "plan": sub.plan.key, "status": sub.status,
                          "period_anchor": sub.anchor.isoformat()}
 
-        status, body = run_once(scope=f"subscription:{organization_id}", key=key, payload=data, operation=change)
-        return Response(body, status=status)
+        return once_response(scope=f"subscription:{organization_id}", key=key, payload=data, operation=change)
 
 
 class SpendCapView(APIView):
@@ -197,15 +199,21 @@ class SpendCapView(APIView):
 
     @extend_schema(
         operation_id="spend_cap_set",
+        parameters=[IDEMPOTENCY_PARAM],
         request=inline_serializer("SpendCap", {"monthly_spend_cap": serializers.CharField(allow_null=True)}),
         responses={200: inline_serializer("SpendCapSet", {"monthly_spend_cap": serializers.CharField(allow_null=True)})},
         summary="Set or clear the monthly credit spend cap (admin)",
     )
     def put(self, request: Request, organization_id: int) -> Response:
-        idempotency_key(request)
+        key = idempotency_key(request)
         data = require_object(request.data)
         cap = get_decimal(data, "monthly_spend_cap", required=False, sign="nonnegative")
-        account = services.spend_cap_set(organization_id=organization_id, cap=cap, now=now())
-        cap_value = account.monthly_spend_cap
-        return Response({"organization": organization_id,
-                         "monthly_spend_cap": None if cap_value is None else format_decimal(cap_value)})
+
+        def set_cap() -> tuple[int, dict[str, Any]]:
+            account = services.spend_cap_set(organization_id=organization_id, cap=cap, now=now())
+            cap_value = account.monthly_spend_cap
+            return 200, {"organization": organization_id,
+                         "monthly_spend_cap": None if cap_value is None else format_decimal(cap_value)}
+
+        # A late retry must not overwrite a newer cap: a replay answers from the record, it does not set again.
+        return once_response(scope=f"spend-cap:{organization_id}", key=key, payload=data, operation=set_cap)

@@ -1,7 +1,9 @@
+from django.conf import settings
 from django.urls import path
 
 from accounts.apis import KeyVerifyView
 from billing.apis import GrantView, LedgerView, OrganizationCreateView, SpendCapView, SubscriptionView
+from core.bench import BenchBaselineView
 from usage.apis import (
     AuthorizeView,
     EntitlementsView,
@@ -27,3 +29,5 @@ urlpatterns = [
     path("organizations/<int:organization_id>/spend-cap", SpendCapView.as_view(), name="spend-cap"),
     path("keys/verify", KeyVerifyView.as_view(), name="keys-verify"),
 ]
+if settings.BENCH_ENDPOINTS:  # bench/: the baseline of `make bench`
+    urlpatterns.append(path("bench/baseline", BenchBaselineView.as_view(), name="bench-baseline"))

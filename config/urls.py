@@ -1,6 +1,9 @@
+from django.conf import settings
 from django.contrib import admin
 from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+
+from billing import views as billing_views
 
 urlpatterns = [
     path("admin/", admin.site.urls),
@@ -8,4 +11,14 @@ urlpatterns = [
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="api-docs"),
     path("stripe/", include("djstripe.urls", namespace="djstripe")),
+    # The customer dashboard (server-rendered pages with htmx).
+    path("", include("accounts.urls")),
+    path("", include("usage.urls")),
+    path("orgs/<int:org_id>/credits/", billing_views.credits_page, name="org_credits"),
+    path("orgs/<int:org_id>/plans/", billing_views.plans_page, name="org_plans"),
+    path(settings.CREDITS_PURCHASE_PATH.strip("/") + "/", billing_views.purchase_link, name="purchase_link"),
 ]
+
+# Under /api/ errors keep the JSON envelope {"error": {"code", "message"}}; other paths keep Django's pages.
+handler404 = "core.api.not_found_handler"
+handler500 = "core.api.server_error_handler"

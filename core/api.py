@@ -2,17 +2,31 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
+from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.views import defaults
+from drf_spectacular.utils import OpenApiParameter
 from rest_framework import exceptions
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
 
 from core.errors import DomainError
+from core.idempotency import run_once
 
 IDEMPOTENCY_HEADER = "HTTP_IDEMPOTENCY_KEY"
 MAX_IDEMPOTENCY_KEY_LENGTH = 255
+REPLAYED_HEADER = "Idempotent-Replayed"
+API_PREFIX = "/api/"
+IDEMPOTENCY_PARAM = OpenApiParameter(
+    "Idempotency-Key",
+    str,
+    OpenApiParameter.HEADER,
+    required=True,
+    description="Unique per operation (at most 255 characters); a retry with the same key returns the first answer.",
+)
 
 
 def error_response(code: str, message: str, status: int, **extra: Any) -> Response:
@@ -69,4 +83,46 @@ def idempotency_key(request: Request) -> str:
             f"The Idempotency-Key header may be at most {MAX_IDEMPOTENCY_KEY_LENGTH} characters.",
             code="idempotency_key_invalid",
         )
+    if "\x00" in key:  # PostgreSQL text cannot hold NUL
+        raise DomainError("The Idempotency-Key header must not contain NUL characters.", code="idempotency_key_invalid")
     return key
+
+
+def once_response(
+    *, scope: str, key: str, payload: Any, operation: Callable[[], tuple[int, dict[str, Any]]]
+) -> Response:
+    """run_once as a Response; a replay (the operation did not run) carries `Idempotent-Replayed: true`."""
+    ran = False
+
+    def tracked() -> tuple[int, dict[str, Any]]:
+        nonlocal ran
+        ran = True
+        return operation()
+
+    status, body = run_once(scope=scope, key=key, payload=payload, operation=tracked)
+    response = Response(body, status=status)
+    if not ran:
+        response[REPLAYED_HEADER] = "true"
+    return response
+
+
+def _is_api(request: HttpRequest) -> bool:
+    return request.path.startswith(API_PREFIX)
+
+
+def not_found_handler(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
+    """handler404: the JSON error envelope under /api/, Django's page elsewhere."""
+    if _is_api(request):
+        return JsonResponse(
+            {"error": {"code": "not_found", "message": f"There is no endpoint at {request.path}."}}, status=404
+        )
+    return defaults.page_not_found(request, exception)
+
+
+def server_error_handler(request: HttpRequest) -> HttpResponse:
+    """handler500: the JSON error envelope under /api/ (no detail leaks), Django's page elsewhere."""
+    if _is_api(request):
+        return JsonResponse(
+            {"error": {"code": "server_error", "message": "Something went wrong on our side."}}, status=500
+        )
+    return defaults.server_error(request)

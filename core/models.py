@@ -19,3 +19,13 @@ class IdempotencyRecord(models.Model):
 
     def __str__(self) -> str:
         return f"{self.scope}:{self.key}"
+
+
+class BenchmarkRow(models.Model):
+    """One row per call of the benchmark's baseline endpoint (bench/, routed only with BENCH_ENDPOINTS=1)."""
+
+    note = models.CharField(max_length=255)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    def __str__(self) -> str:
+        return self.note

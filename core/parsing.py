@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
@@ -22,7 +22,12 @@ def require_object(data: Any) -> dict[str, Any]:
     return data
 
 
-def get_int(data: dict[str, Any], field: str, *, required: bool = True, minimum: int | None = 1) -> int | None:
+MAX_INT = 2**62
+
+
+def get_int(
+    data: Any, field: str, *, required: bool = True, minimum: int | None = 1, maximum: int = MAX_INT
+) -> int | None:
     value = data.get(field)
     if value is None:
         if required:
@@ -30,14 +35,20 @@ def get_int(data: dict[str, Any], field: str, *, required: bool = True, minimum:
         return None
     if isinstance(value, bool):
         raise invalid(field, "must be an integer")
-    if isinstance(value, str) and value.strip().isdigit():
-        value = int(value)
+    if isinstance(value, str):
+        text = value.strip()
+        # ASCII digits only: str.isdigit() accepts "²", which int() rejects; and int() refuses very long strings.
+        if not (text.isascii() and text.isdigit()):
+            raise invalid(field, "must be an integer")
+        if len(text.lstrip("0")) > len(str(MAX_INT)):
+            raise invalid(field, "is too large")
+        value = int(text)
     if not isinstance(value, int):
         raise invalid(field, "must be an integer")
     if minimum is not None and value < minimum:
         raise invalid(field, f"must be at least {minimum}")
-    if value > 2**62:
-        raise invalid(field, "is too large")
+    if value > maximum:
+        raise invalid(field, "is too large" if maximum == MAX_INT else f"must be at most {maximum}")
     return value
 
 
@@ -49,6 +60,8 @@ def get_str(data: dict[str, Any], field: str, *, required: bool = True, max_leng
         return None
     if not isinstance(value, str):
         raise invalid(field, "must be a string")
+    if "\x00" in value:
+        raise invalid(field, "must not contain NUL characters")
     value = value.strip()
     if len(value) > max_length:
         raise invalid(field, f"must be at most {max_length} characters")
@@ -66,6 +79,8 @@ def get_decimal(data: dict[str, Any], field: str, *, required: bool = True, sign
         result = parse_decimal(value)
     except ValueError as exc:
         raise invalid(field, str(exc)) from None
+    except ArithmeticError:  # decimal.InvalidOperation from quantize() on a number far too large
+        raise invalid(field, "is too large") from None
     if sign == "positive" and result <= 0:
         raise invalid(field, "must be greater than zero")
     if sign == "nonnegative" and result < 0:
@@ -73,6 +88,9 @@ def get_decimal(data: dict[str, Any], field: str, *, required: bool = True, sign
     if sign == "nonzero" and result == 0:
         raise invalid(field, "must not be zero")
     return result
+
+
+MIN_YEAR, MAX_YEAR = 1970, 9000
 
 
 def get_datetime(data: dict[str, Any], field: str, *, required: bool = False) -> datetime | None:
@@ -91,6 +109,13 @@ def get_datetime(data: dict[str, Any], field: str, *, required: bool = False) ->
         raise invalid(field, "must be an ISO 8601 date-time string")
     if parsed.tzinfo is None:
         raise invalid(field, "must include a time zone (e.g. Z or +09:00)")
+    # Stored as UTC: an offset must not carry the instant outside what Python (and psycopg) can read back.
+    try:
+        parsed = parsed.astimezone(UTC)
+    except OverflowError:
+        parsed = None
+    if parsed is None or not MIN_YEAR <= parsed.year <= MAX_YEAR:
+        raise invalid(field, f"must be between the years {MIN_YEAR} and {MAX_YEAR}")
     return parsed
 
 
@@ -102,4 +127,16 @@ def get_metadata(data: dict[str, Any], field: str = "metadata", *, max_bytes: in
         raise invalid(field, "must be a JSON object")
     if len(repr(value)) > max_bytes:
         raise invalid(field, f"must be at most {max_bytes} characters")
+    if _has_nul(value):  # PostgreSQL's jsonb refuses \u0000
+        raise invalid(field, "must not contain NUL characters")
     return value
+
+
+def _has_nul(value: Any) -> bool:
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(_has_nul(k) or _has_nul(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_has_nul(v) for v in value)
+    return False

@@ -183,7 +183,7 @@ class ReservationCommitView(APIView):
     def post(self, request: Request, reservation_id: int) -> Response:
         idempotency_key(request)
         organization = _reservation_org(request)
-        quantity = get_decimal(request.data, "quantity", sign="nonnegative")
+        quantity = get_decimal(require_object(request.data), "quantity", sign="nonnegative")
         assert quantity is not None
         return respond(services.reservation_commit(
             organization_id=organization, reservation_id=reservation_id, quantity=quantity, now=now()
