@@ -14,6 +14,8 @@ CREDIT_PLACES = 4
 CREDIT_DIGITS = 20
 _QUANTUM = Decimal(1).scaleb(-CREDIT_PLACES)
 ZERO = Decimal("0").quantize(_QUANTUM)
+# Exclusive bound of any stored amount (the columns hold CREDIT_DIGITS digits, CREDIT_PLACES after the point).
+MAX_CREDITS = Decimal(10) ** (CREDIT_DIGITS - CREDIT_PLACES)
 
 # ISO 4217 currencies without a minor unit (Stripe's list of zero-decimal currencies).
 ZERO_DECIMAL_CURRENCIES = frozenset(
@@ -28,18 +30,21 @@ def round_credits(value: Decimal | int | str) -> Decimal:
 
 def parse_decimal(value: object) -> Decimal:
     """Parse a client-supplied decimal exactly; raise ValueError on anything else (floats included)."""
-    if isinstance(value, bool) or isinstance(value, float):
+    if isinstance(value, bool | float):
         raise ValueError("must be a decimal string or an integer")
+    text = str(value).strip()
+    if not text.isascii() or "_" in text:  # Decimal() would take "1_000" and non-ASCII digits
+        raise ValueError("must be a decimal number")
     try:
-        result = Decimal(str(value).strip())
+        result = Decimal(text)
     except (InvalidOperation, ValueError) as exc:
         raise ValueError("must be a decimal number") from exc
     if not result.is_finite():
         raise ValueError("must be a finite number")
+    if abs(result) >= MAX_CREDITS:
+        raise ValueError("is too large")
     if result != result.quantize(_QUANTUM, rounding=ROUND_HALF_UP):
         raise ValueError(f"must have at most {CREDIT_PLACES} decimal places")
-    if abs(result) >= Decimal(10) ** (CREDIT_DIGITS - CREDIT_PLACES):
-        raise ValueError("is too large")
     return round_credits(result)
 
 

@@ -10,7 +10,7 @@ from django.db import transaction
 from billing.models import CreditAccount, CreditLot, EntryKind, LotCategory, LotSource
 from billing.services.book import CreditBook, credit_books_lock
 from core.errors import DomainError, NotFound
-from core.money import format_decimal, round_credits
+from core.money import MAX_CREDITS, format_decimal, round_credits
 
 
 def _book(organization_id: int, now: datetime) -> CreditBook:
@@ -44,6 +44,8 @@ def credits_grant(
     if expires_at is not None and expires_at <= (effective_at or now):
         raise DomainError("The expiry must be in the future.", code="invalid_expiry")
     book = _book(organization_id, now)
+    if book.balance + credits >= MAX_CREDITS:
+        raise DomainError("This grant would take the balance past the largest amount we store.", code="invalid_credits")
     if external_ref is not None:
         existing = CreditLot.objects.filter(organization_id=organization_id, external_ref=external_ref).first()
         if existing is not None:
@@ -79,6 +81,8 @@ def credits_adjust(*, organization_id: int, credits: Decimal, reason: str, actor
     if credits == 0:
         raise DomainError("An adjustment of zero changes nothing.", code="invalid_credits")
     book = _book(organization_id, now)
+    if credits > 0 and book.balance + credits >= MAX_CREDITS:
+        raise DomainError("This adjustment would take the balance past the largest amount we store.", code="invalid_credits")
     if credits > 0:
         lot = CreditLot.objects.create(
             organization_id=organization_id,

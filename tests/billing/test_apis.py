@@ -472,17 +472,13 @@ def test_grant_with_a_far_expiry_leaves_the_organization_usable(org, allowance, 
     assert use(service_client, org, allowance.meter, "11").status_code == 201
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG (billing services): a grant that lifts the balance past 10^16 overflows the cached balance column "
-    "(psycopg DataError -> 500); the book should refuse it with a 4xx",
-)
 def test_grant_that_would_overflow_the_balance_is_refused(org, admin_client):
     grant(admin_client, org, {"credits": "9000000000000000", "reason": "r"})
 
     response = grant(admin_client, org, {"credits": "9000000000000000", "reason": "r"})
 
-    assert 400 <= response.status_code < 500
+    assert response.status_code == 400
+    assert response.json()["error"]["code"] == "invalid_credits"
 
 
 def test_grant_to_an_unknown_organization_is_404(db, admin_client):
