@@ -148,3 +148,90 @@ class LedgerEntry(models.Model):
 
     def __str__(self) -> str:
         return f"{self.kind} {self.amount} on lot #{self.lot_id}"
+
+
+# Payments -------------------------------------------------------------------------------------
+
+
+class StripeCustomer(models.Model):
+    """An organization's customer in Stripe (created on first need) and its default card."""
+
+    organization = models.OneToOneField(Organization, on_delete=models.CASCADE, related_name="stripe_customer")
+    customer_id = models.CharField(max_length=255, unique=True)
+    default_payment_method_id = models.CharField(max_length=255, blank=True)
+    card_brand = models.CharField(max_length=32, blank=True)
+    card_last4 = models.CharField(max_length=4, blank=True)
+    created_at = models.DateTimeField()
+    updated_at = models.DateTimeField()
+
+    def __str__(self) -> str:
+        return f"{self.customer_id} ({self.organization})"
+
+    @property
+    def has_card(self) -> bool:
+        return bool(self.default_payment_method_id)
+
+
+class PurchaseStatus(models.TextChoices):
+    PENDING = "pending", _("Pending")
+    REQUIRES_ACTION = "requires_action", _("Requires authentication")
+    SUCCEEDED = "succeeded", _("Paid")
+    FAILED = "failed", _("Failed")
+    REFUNDED = "refunded", _("Refunded")
+
+
+class PurchaseKind(models.TextChoices):
+    PURCHASE = "purchase", _("Credit pack")
+    AUTO_TOPUP = "auto_topup", _("Auto top-up")
+    RENEWAL = "renewal", _("Plan renewal")
+
+
+class CreditPurchase(models.Model):
+    """One attempt to pay for credits. Created before Stripe is called: its id is the idempotency
+    key ("purchase:<id>"). Paid exactly once: the lot is granted in the transaction that marks it
+    succeeded, with the payment intent id as the lot's external_ref (unique per organization)."""
+
+    OPEN_STATUSES = (PurchaseStatus.PENDING, PurchaseStatus.REQUIRES_ACTION)
+
+    organization = models.ForeignKey(Organization, on_delete=models.PROTECT, related_name="credit_purchases")
+    pack = models.ForeignKey(CreditPack, null=True, blank=True, on_delete=models.PROTECT, related_name="purchases")
+    kind = models.CharField(max_length=16, choices=PurchaseKind.choices, default=PurchaseKind.PURCHASE)
+    credits = CreditField()
+    amount = models.PositiveIntegerField(help_text=_("Minor units"))
+    currency = models.CharField(max_length=3)
+    status = models.CharField(max_length=16, choices=PurchaseStatus.choices, default=PurchaseStatus.PENDING)
+    payment_intent_id = models.CharField(max_length=255, null=True, blank=True, unique=True)
+    payment_method_id = models.CharField(max_length=255, blank=True)
+    failure_code = models.CharField(max_length=64, blank=True)
+    failure_message = models.CharField(max_length=500, blank=True, help_text=_("Worded for the customer"))
+    card_brand = models.CharField(max_length=32, blank=True)
+    card_last4 = models.CharField(max_length=4, blank=True)
+    lot = models.OneToOneField(CreditLot, null=True, blank=True, on_delete=models.PROTECT, related_name="purchase")
+    actor = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField()
+    updated_at = models.DateTimeField()
+    paid_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        constraints = [
+            models.CheckConstraint(condition=Q(credits__gt=0), name="purchase_credits_positive"),
+            models.CheckConstraint(
+                condition=~Q(status="succeeded") | Q(lot__isnull=False, paid_at__isnull=False),
+                name="purchase_paid_has_lot",
+            ),
+        ]
+        indexes = [
+            models.Index(fields=["organization", "-created_at"], name="purchase_org_recent"),
+            models.Index(
+                fields=["created_at"], condition=Q(status__in=["pending", "requires_action"]), name="purchase_open"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"Purchase #{self.pk} ({self.status})"
+
+    @property
+    def idempotency_key(self) -> str:
+        return f"purchase:{self.pk}"

@@ -15,4 +15,6 @@ app.conf.beat_schedule = {
     "release-expired-reservations": {"task": "usage.tasks.reservations_release_expired", "schedule": 60.0},
     "close-finished-windows": {"task": "usage.tasks.windows_close_finished", "schedule": 60.0},
     "send-pending-notices": {"task": "usage.tasks.notices_send_pending", "schedule": 60.0},
+    "rollup-daily-usage": {"task": "usage.tasks.daily_usage_rollup", "schedule": 60.0},
+    "reconcile-payments": {"task": "billing.tasks.purchases_reconcile", "schedule": 120.0},
 }

@@ -57,3 +57,13 @@ def key_client_for():
         return client
 
     return build
+
+
+# localstripe (a real process per session) and dj-stripe's rows: see tests/billing/stripe_fixtures.py.
+from tests.billing.stripe_fixtures import djstripe_endpoint, localstripe, localstripe_session  # noqa: E402, F401
+
+
+@pytest.fixture(autouse=True)
+def _plain_http(settings):
+    """Tests speak plain HTTP to the test client and localstripe; production redirects to HTTPS."""
+    settings.SECURE_SSL_REDIRECT = False

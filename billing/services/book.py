@@ -190,6 +190,21 @@ class CreditBook:
             self.account.next_lot_expiry = lot.expires_at
         self._account_dirty = True
 
+    def claw_back(self, lot: CreditLot, amount: Decimal, *, reference: str, reason: str = "") -> Decimal:
+        """Take back up to `amount` of what is left in this lot (a refund or dispute): one CLAWBACK
+        entry. Returns what was taken (0 if the lot is used up: nothing is written)."""
+        for open_lot in self.lots():
+            if open_lot.pk == lot.pk:
+                lot = open_lot  # the instance the book tracks
+                break
+        take = min(amount, lot.remaining)
+        if take <= 0:
+            return ZERO
+        lot.remaining -= take
+        self._dirty[id(lot)] = lot
+        self._entry(lot, EntryKind.CLAWBACK, -take, reference, reason)
+        return take
+
     def _expire_lot(self, lot: CreditLot) -> None:
         amount = lot.remaining
         if amount > 0:
