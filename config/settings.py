@@ -6,6 +6,7 @@ broker, console email, localstripe on loopback. CI and production set DATABASE_U
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -31,7 +32,8 @@ SECRET_KEY = os.environ.get("SECRET_KEY", "")
 if not SECRET_KEY:
     if not DEBUG and os.environ.get("DJANGO_REQUIRE_SECRET_KEY") == "1":
         raise RuntimeError("SECRET_KEY must be set in production")
-    SECRET_KEY = "insecure-dev-key-only-for-local-use-do-not-deploy-0123456789abcdef"
+    # The "django-insecure-" prefix makes `check --deploy` fail (security.W009) if this is ever deployed.
+    SECRET_KEY = "django-insecure-dev-key-only-for-local-use-do-not-deploy-0123456789abcdef"
 
 ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", "localhost,127.0.0.1,[::1],testserver")
 CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS")
@@ -117,7 +119,11 @@ AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
     {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
 ]
-LOGIN_URL = "/admin/login/"
+# The customer dashboard's own pages (the admin keeps its login at /admin/login/).
+LOGIN_URL = "login"
+LOGIN_REDIRECT_URL = "home"
+LOGOUT_REDIRECT_URL = "login"
+PASSWORD_RESET_TIMEOUT = 3 * 24 * 3600  # also the life of an invitation's set-password link
 
 LANGUAGE_CODE = "en"
 LANGUAGES = [("en", "English"), ("ja", "日本語")]
@@ -128,7 +134,9 @@ USE_TZ = True
 
 STATIC_URL = "/static/"
 STATIC_ROOT = VAR_DIR / "staticfiles"
-STATICFILES_DIRS = [BASE_DIR / "static"]
+with contextlib.suppress(OSError):  # WhiteNoise warns on every request when it is missing (fresh clones)
+    STATIC_ROOT.mkdir(parents=True, exist_ok=True)
+STATICFILES_DIRS = [path for path in [BASE_DIR / "static"] if path.is_dir()]  # git keeps no empty folder
 STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
     "staticfiles": {
@@ -186,6 +194,9 @@ EMAIL_BACKEND = os.environ.get("EMAIL_BACKEND", "django.core.mail.backends.conso
 DEFAULT_FROM_EMAIL = os.environ.get("DEFAULT_FROM_EMAIL", "billing@localhost")
 EMAIL_HOST = os.environ.get("EMAIL_HOST", "localhost")
 EMAIL_PORT = int(os.environ.get("EMAIL_PORT", "25"))
+EMAIL_HOST_USER = os.environ.get("EMAIL_HOST_USER", "")
+EMAIL_HOST_PASSWORD = os.environ.get("EMAIL_HOST_PASSWORD", "")
+EMAIL_USE_TLS = env_bool("EMAIL_USE_TLS", default=False)
 
 # Stripe (dj-stripe + stripe-python). STRIPE_API_HOST points stripe-python at localstripe.
 STRIPE_LIVE_MODE = env_bool("STRIPE_LIVE_MODE", default=False)
@@ -193,7 +204,9 @@ STRIPE_TEST_SECRET_KEY = os.environ.get("STRIPE_TEST_SECRET_KEY", "sk_test_local
 STRIPE_TEST_PUBLIC_KEY = os.environ.get("STRIPE_TEST_PUBLIC_KEY", "pk_test_localstripe0000000000000000")
 STRIPE_LIVE_SECRET_KEY = os.environ.get("STRIPE_LIVE_SECRET_KEY", "")
 STRIPE_LIVE_PUBLIC_KEY = os.environ.get("STRIPE_LIVE_PUBLIC_KEY", "")
-STRIPE_API_HOST = os.environ.get("STRIPE_API_HOST", "")
+# Only defined when set: dj-stripe reads its presence (and warns under check --deploy).
+if os.environ.get("STRIPE_API_HOST"):
+    STRIPE_API_HOST = os.environ["STRIPE_API_HOST"]
 DJSTRIPE_FOREIGN_KEY_TO_FIELD = "id"
 DJSTRIPE_WEBHOOK_VALIDATION = "verify_signature"
 DJSTRIPE_USE_NATIVE_JSONFIELD = True
@@ -207,6 +220,8 @@ AUTH_CACHE_SECONDS = int(os.environ.get("AUTH_CACHE_SECONDS", "30"))
 RESERVATION_DEFAULT_TTL_SECONDS = 3600
 RESERVATION_MAX_TTL_SECONDS = 7 * 24 * 3600
 USAGE_BATCH_MAX = 1000
+# bench/ (make bench): route the baseline endpoint /api/v1/bench/baseline. Never on in production.
+BENCH_ENDPOINTS = env_bool("BENCH_ENDPOINTS", default=False)
 
 LOGGING = {
     "version": 1,
