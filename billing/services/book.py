@@ -13,10 +13,12 @@ from collections.abc import Iterable
 from datetime import UTC, date, datetime
 from decimal import Decimal
 
+from django.db import connection
 from django.db.models import Case, F, IntegerField, Value, When
 
 from billing.models import CreditAccount, CreditLot, EntryKind, LedgerEntry, LotCategory
 from core.money import ZERO
+from core.sql import db_datetime, for_no_key_update, from_db_datetime, placeholders, qn
 from plans.periods import month_start
 
 # The draw order of ARCHITECTURE.md: priority, soonest expiry, promotional before paid, oldest, id.
@@ -30,17 +32,28 @@ DRAW_ORDER = (
 
 
 def credit_books_lock(organization_ids: Iterable[int], *, now: datetime, lock: bool = True) -> dict[int, CreditBook]:
-    """Lock the credit accounts of these organizations, in id order, with their subscriptions.
+    """Lock the credit accounts of these organizations, in id order, with their plan, anchor and zone.
 
-    The caller must be inside transaction.atomic(). With lock=False (preflight reads) nothing is
-    locked and nothing may be flushed.
+    One statement (hand-written: see core/sql.py). The caller must be inside transaction.atomic().
+    With lock=False (preflight reads) nothing is locked and nothing may be flushed.
     """
-    qs = CreditAccount.objects.select_related("organization__subscription").filter(
-        organization_id__in=sorted(set(organization_ids))
+    ids = sorted(set(organization_ids))
+    if not ids:
+        return {}
+    sql = (
+        f"SELECT {_ACCOUNT_COLUMNS}, s.plan_id AS sub_plan_id, s.anchor AS sub_anchor, o.timezone AS org_timezone"
+        " FROM billing_creditaccount a"
+        " JOIN accounts_organization o ON o.id = a.organization_id"
+        " LEFT JOIN plans_subscription s ON s.organization_id = a.organization_id"
+        f" WHERE a.organization_id IN ({placeholders(len(ids))})"
+        " ORDER BY a.organization_id"
     )
     if lock:
-        qs = qs.select_for_update(no_key=True, of=("self",)).order_by("organization_id")
-    return {account.organization_id: CreditBook(account, now=now, locked=lock) for account in qs}
+        sql += for_no_key_update(of="a")
+    return {account.organization_id: CreditBook(account, now=now, locked=lock) for account in CreditAccount.objects.raw(sql, ids)}
+
+
+_ACCOUNT_COLUMNS = ", ".join(f"a.{qn(f.column)}" for f in CreditAccount._meta.concrete_fields)
 
 
 class CreditBook:
@@ -48,6 +61,10 @@ class CreditBook:
         self.account = account
         self.now = now
         self.locked = locked
+        # Read with the lock (credit_books_lock): the subscription's plan and anchor, the org's zone.
+        self.plan_id: int | None = getattr(account, "sub_plan_id", None)
+        self.anchor: datetime | None = from_db_datetime(getattr(account, "sub_anchor", None))
+        self.timezone: str = getattr(account, "org_timezone", None) or "UTC"
         self.balance: Decimal = account.balance
         self._lots: list[CreditLot] | None = None
         self._dirty: dict[int, CreditLot] = {}
@@ -81,8 +98,10 @@ class CreditBook:
             if self.balance == 0 and not self._new_lots:
                 self._lots = []
             else:
-                self._lots = list(
-                    CreditLot.objects.filter(organization_id=self.organization_id, remaining__gt=0).order_by(*DRAW_ORDER)
+                # Sorted here rather than by DRAW_ORDER in SQL: an organization has few open lots,
+                # and the ordering expressions cost more to compile than the sort.
+                self._lots = sorted(
+                    CreditLot.objects.raw(_OPEN_LOTS_SQL, [self.organization_id]), key=_draw_key
                 )
         return self._lots
 
@@ -242,27 +261,41 @@ class CreditBook:
         """Write lots, ledger entries and the account: at most three statements."""
         if not self.locked:
             raise AssertionError("flush() needs the account lock")
-        if self._dirty:
+        if len(self._dirty) == 1:  # the common case: one statement without CASE
+            (lot,) = self._dirty.values()
+            CreditLot.objects.filter(pk=lot.pk).update(remaining=lot.remaining)
+        elif self._dirty:
             CreditLot.objects.bulk_update(list(self._dirty.values()), ["remaining"])
-            self._dirty.clear()
+        self._dirty.clear()
         if self.entries:
             LedgerEntry.objects.bulk_create(self.entries)
             self.entries = []
         if self._account_dirty or self.balance != self.account.balance:
-            self.account.balance = self.balance
-            CreditAccount.objects.filter(pk=self.account.pk).update(
-                balance=self.account.balance,
-                spend_month=self.account.spend_month,
-                spend_month_total=self.account.spend_month_total,
-                next_lot_expiry=self.account.next_lot_expiry,
-                next_hold_expiry=self.account.next_hold_expiry,
-                monthly_spend_cap=self.account.monthly_spend_cap,
-                updated_at=self.now,
-            )
+            a = self.account
+            a.balance = self.balance
+            with connection.cursor() as cursor:
+                cursor.execute(
+                    _ACCOUNT_UPDATE_SQL,
+                    [
+                        a.balance, connection.ops.adapt_datefield_value(a.spend_month), a.spend_month_total,
+                        _dt(a.next_lot_expiry), _dt(a.next_hold_expiry), a.monthly_spend_cap, db_datetime(self.now),
+                        a.pk,
+                    ],
+                )
             self._account_dirty = False
 
 
 _NO_EXPIRY = datetime.max.replace(tzinfo=UTC)
+_OPEN_LOTS_SQL = "SELECT * FROM billing_creditlot WHERE organization_id = %s AND remaining > 0"
+# The columns the book owns; auto top-up settings on the same row are written elsewhere.
+_ACCOUNT_UPDATE_SQL = (
+    "UPDATE billing_creditaccount SET balance = %s, spend_month = %s, spend_month_total = %s,"
+    " next_lot_expiry = %s, next_hold_expiry = %s, monthly_spend_cap = %s, updated_at = %s WHERE id = %s"
+)
+
+
+def _dt(value: datetime | None) -> object:
+    return None if value is None else db_datetime(value)
 
 
 def _draw_key(lot: CreditLot) -> tuple[object, ...]:

@@ -22,6 +22,7 @@ from accounts.models import Role
 from accounts.selectors import membership_role
 from billing.models import LedgerEntry
 from core.money import format_decimal
+from core.sql import placeholders
 from plans.periods import month_start
 from usage.messages import limit_reached_message, spend_cap_message
 from usage.models import Decision, EventKind, UsageEvent
@@ -133,14 +134,16 @@ def usage_record_batch(*, items: list[UsageInput], now: datetime) -> list[Outcom
     with transaction.atomic():
         engine = Engine({item.organization_id for item in items}, now=now)
         catalogue = engine.catalogue
+        orgs, keys = list(engine.states), list({i.idempotency_key for i in items})
         stored = {
             (e.organization_id, e.idempotency_key): e
-            for e in UsageEvent.objects.filter(
-                organization_id__in=list(engine.states),
-                kind=EventKind.USAGE,
-                idempotency_key__in=list({i.idempotency_key for i in items}),
-            ).only("id", "organization_id", "idempotency_key", "request_hash", "http_status", "response")
-        }
+            for e in UsageEvent.objects.raw(
+                "SELECT id, organization_id, idempotency_key, request_hash, http_status, response FROM usage_usageevent"
+                f" WHERE organization_id IN ({placeholders(len(orgs))}) AND kind = %s"
+                f" AND idempotency_key IN ({placeholders(len(keys))})",
+                [*orgs, EventKind.USAGE.value, *keys],
+            )
+        } if orgs else {}
         engine.preload({
             (item.organization_id, meter.id)
             for item in items

@@ -1,0 +1,41 @@
+"""Small helpers for the few hand-written SQL statements on the hot path.
+
+The usage hot path runs a handful of statements per request while an organization's row lock is
+held; the ORM's query compilation costs more than the statements themselves there, so those few
+are written out once here and in the modules that use them. Everything else uses the ORM.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from django.db import connection
+from django.utils.dateparse import parse_datetime
+
+
+def qn(name: str) -> str:
+    return connection.ops.quote_name(name)
+
+
+def for_no_key_update(*, of: str) -> str:
+    """PostgreSQL row lock clause; empty on SQLite, where IMMEDIATE transactions serialize writers."""
+    return f" FOR NO KEY UPDATE OF {qn(of)}" if connection.vendor == "postgresql" else ""
+
+
+def db_datetime(value: datetime) -> object:
+    """A datetime parameter in the form the backend stores (naive UTC text on SQLite)."""
+    return connection.ops.adapt_datetimefield_value(value)
+
+
+def from_db_datetime(value: object) -> datetime | None:
+    """A datetime read by raw SQL outside a model field (SQLite returns text)."""
+    if value is None or isinstance(value, datetime):
+        return value.replace(tzinfo=UTC) if isinstance(value, datetime) and value.tzinfo is None else value
+    parsed = parse_datetime(str(value))
+    if parsed is None:
+        raise ValueError(f"not a datetime: {value!r}")
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+def placeholders(count: int) -> str:
+    return ", ".join(["%s"] * count)
