@@ -39,3 +39,28 @@ def from_db_datetime(value: object) -> datetime | None:
 
 def placeholders(count: int) -> str:
     return ", ".join(["%s"] * count)
+
+
+def update_rows(table: str, columns: list[tuple[str, str]], rows: list[list[object]]) -> None:
+    """Set `columns` of many rows by id: one statement on PostgreSQL (UPDATE ... FROM VALUES),
+    one prepared statement per row on SQLite (local, so a round trip costs little there).
+
+    columns: (name, PostgreSQL type) pairs; each row: [id, *values in column order].
+    """
+    if not rows:
+        return
+    with connection.cursor() as cursor:
+        if connection.vendor == "postgresql":
+            names = ["id", *(name for name, _ in columns)]
+            first = "(" + ", ".join(["%s::bigint", *(f"%s::{kind}" for _, kind in columns)]) + ")"
+            rest = "(" + placeholders(len(names)) + ")"
+            values = ", ".join([first, *[rest] * (len(rows) - 1)])
+            sets = ", ".join(f"{qn(name)} = v.{qn(name)}" for name, _ in columns)
+            cursor.execute(
+                f"UPDATE {qn(table)} AS t SET {sets} FROM (VALUES {values}) AS v({', '.join(qn(n) for n in names)})"
+                " WHERE t.id = v.id",
+                [value for row in rows for value in row],
+            )
+        else:
+            sets = ", ".join(f"{qn(name)} = %s" for name, _ in columns)
+            cursor.executemany(f"UPDATE {qn(table)} SET {sets} WHERE id = %s", [[*row[1:], row[0]] for row in rows])

@@ -18,7 +18,7 @@ from django.db.models import Case, F, IntegerField, Value, When
 
 from billing.models import CreditAccount, CreditLot, EntryKind, LedgerEntry, LotCategory
 from core.money import ZERO
-from core.sql import db_datetime, for_no_key_update, from_db_datetime, placeholders, qn
+from core.sql import db_datetime, for_no_key_update, from_db_datetime, placeholders, qn, update_rows
 from plans.periods import month_start
 
 # The draw order of ARCHITECTURE.md: priority, soonest expiry, promotional before paid, oldest, id.
@@ -104,6 +104,10 @@ class CreditBook:
                     CreditLot.objects.raw(_OPEN_LOTS_SQL, [self.organization_id]), key=_draw_key
                 )
         return self._lots
+
+    @property
+    def lots_loaded(self) -> bool:
+        return self._lots is not None
 
     def _drawable(self, lot: CreditLot) -> bool:
         return lot.remaining > 0 and lot.effective_at <= self.now and (lot.expires_at is None or lot.expires_at > self.now)
@@ -259,43 +263,71 @@ class CreditBook:
 
     def flush(self) -> None:
         """Write lots, ledger entries and the account: at most three statements."""
-        if not self.locked:
+        flush_books([self])
+
+
+def flush_books(books: Iterable[CreditBook]) -> None:
+    """Write what these books changed: dirty lots, new ledger entries and accounts, in three
+    statements however many organizations (a batch touches up to a thousand)."""
+    lot_rows: list[list[object]] = []
+    entries: list[LedgerEntry] = []
+    account_rows: list[list[object]] = []
+    for book in books:
+        if not book.locked:
             raise AssertionError("flush() needs the account lock")
-        if len(self._dirty) == 1:  # the common case: one statement without CASE
-            (lot,) = self._dirty.values()
-            CreditLot.objects.filter(pk=lot.pk).update(remaining=lot.remaining)
-        elif self._dirty:
-            CreditLot.objects.bulk_update(list(self._dirty.values()), ["remaining"])
-        self._dirty.clear()
-        if self.entries:
-            LedgerEntry.objects.bulk_create(self.entries)
-            self.entries = []
-        if self._account_dirty or self.balance != self.account.balance:
-            a = self.account
-            a.balance = self.balance
-            with connection.cursor() as cursor:
-                cursor.execute(
-                    _ACCOUNT_UPDATE_SQL,
-                    [
-                        a.balance, connection.ops.adapt_datefield_value(a.spend_month), a.spend_month_total,
-                        _dt(a.next_lot_expiry), _dt(a.next_hold_expiry), a.monthly_spend_cap, db_datetime(self.now),
-                        a.pk,
-                    ],
-                )
-            self._account_dirty = False
+        lot_rows.extend([lot.pk, lot.remaining] for lot in book._dirty.values())
+        book._dirty.clear()
+        entries.extend(book.entries)
+        book.entries = []
+        a = book.account
+        if book._account_dirty or book.balance != a.balance:
+            a.balance = book.balance
+            account_rows.append([
+                a.pk, a.balance, connection.ops.adapt_datefield_value(a.spend_month), a.spend_month_total,
+                _dt(a.next_lot_expiry), _dt(a.next_hold_expiry), a.monthly_spend_cap, db_datetime(book.now),
+            ])
+            book._account_dirty = False
+    update_rows("billing_creditlot", [("remaining", "numeric")], lot_rows)
+    if entries:
+        LedgerEntry.objects.bulk_create(entries)
+    update_rows("billing_creditaccount", _ACCOUNT_COLUMNS_WRITTEN, account_rows)
 
 
 _NO_EXPIRY = datetime.max.replace(tzinfo=UTC)
 _OPEN_LOTS_SQL = "SELECT * FROM billing_creditlot WHERE organization_id = %s AND remaining > 0"
 # The columns the book owns; auto top-up settings on the same row are written elsewhere.
-_ACCOUNT_UPDATE_SQL = (
-    "UPDATE billing_creditaccount SET balance = %s, spend_month = %s, spend_month_total = %s,"
-    " next_lot_expiry = %s, next_hold_expiry = %s, monthly_spend_cap = %s, updated_at = %s WHERE id = %s"
-)
+_ACCOUNT_COLUMNS_WRITTEN = [
+    ("balance", "numeric"),
+    ("spend_month", "date"),
+    ("spend_month_total", "numeric"),
+    ("next_lot_expiry", "timestamptz"),
+    ("next_hold_expiry", "timestamptz"),
+    ("monthly_spend_cap", "numeric"),
+    ("updated_at", "timestamptz"),
+]
 
 
 def _dt(value: datetime | None) -> object:
     return None if value is None else db_datetime(value)
+
+
+def load_open_lots(books: Iterable[CreditBook]) -> None:
+    """Load the open lots of several books in one query (a batch over many organizations)."""
+    pending = {book.organization_id: book for book in books if book._lots is None}
+    for book in list(pending.values()):
+        if book.balance == 0 and not book._new_lots:
+            book._lots = []
+            del pending[book.organization_id]
+    if not pending:
+        return
+    found: dict[int, list[CreditLot]] = {org_id: [] for org_id in pending}
+    ids = list(pending)
+    for lot in CreditLot.objects.raw(
+        f"SELECT * FROM billing_creditlot WHERE organization_id IN ({placeholders(len(ids))}) AND remaining > 0", ids
+    ):
+        found[lot.organization_id].append(lot)
+    for org_id, book in pending.items():
+        book._lots = sorted(found[org_id], key=_draw_key)
 
 
 def _draw_key(lot: CreditLot) -> tuple[object, ...]:
