@@ -4,11 +4,7 @@ from accounts.models import ApiKey, Membership, Organization, ServiceToken
 
 
 def api_key_by_secret_hash(key_hash: str) -> ApiKey | None:
-    return (
-        ApiKey.objects.select_related("organization")
-        .filter(key_hash=key_hash, revoked_at__isnull=True)
-        .first()
-    )
+    return ApiKey.objects.select_related("organization").filter(key_hash=key_hash, revoked_at__isnull=True).first()
 
 
 def service_token_by_hash(token_hash: str) -> ServiceToken | None:

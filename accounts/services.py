@@ -23,7 +23,9 @@ def _new_secret(prefix: str) -> str:
     return prefix + secrets.token_urlsafe(32)
 
 
-def organization_create(*, name: str, owner: User | None = None, is_personal: bool = False, timezone: str = "UTC") -> Organization:
+def organization_create(
+    *, name: str, owner: User | None = None, is_personal: bool = False, timezone: str = "UTC"
+) -> Organization:
     org = Organization.objects.create(name=name, is_personal=is_personal, timezone=timezone)
     if owner is not None:
         Membership.objects.create(organization=org, user=owner, role=Role.OWNER)

@@ -48,9 +48,7 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
     if isinstance(exc, DomainError):
         return Response({"error": exc.as_dict()}, status=exc.status)
     if isinstance(exc, exceptions.ValidationError):
-        return error_response(
-            "validation_error", _first_message(exc.detail), 400, fields=exc.detail
-        )
+        return error_response("validation_error", _first_message(exc.detail), 400, fields=exc.detail)
     response = drf_exception_handler(exc, context)
     if response is None:
         return None

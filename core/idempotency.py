@@ -26,7 +26,9 @@ def key_reused() -> Unprocessable:
     )
 
 
-def run_once(*, scope: str, key: str, payload: Any, operation: Callable[[], tuple[int, dict[str, Any]]]) -> tuple[int, dict[str, Any]]:
+def run_once(
+    *, scope: str, key: str, payload: Any, operation: Callable[[], tuple[int, dict[str, Any]]]
+) -> tuple[int, dict[str, Any]]:
     """Run `operation` at most once per (scope, key), in one transaction with its record.
 
     The operation returns (status, body); that pair is stored and returned again on a replay.

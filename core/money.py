@@ -19,7 +19,7 @@ MAX_CREDITS = Decimal(10) ** (CREDIT_DIGITS - CREDIT_PLACES)
 
 # ISO 4217 currencies without a minor unit (Stripe's list of zero-decimal currencies).
 ZERO_DECIMAL_CURRENCIES = frozenset(
-    "bif clp djf gnf jpy kmf krw mga pyg rwf ugx vnd vuv xaf xof xpf".split()
+    ["bif", "clp", "djf", "gnf", "jpy", "kmf", "krw", "mga", "pyg", "rwf", "ugx", "vnd", "vuv", "xaf", "xof", "xpf"]
 )
 
 

@@ -8,6 +8,7 @@ are written out once here and in the modules that use them. Everything else uses
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import Any
 
 from django.db import connection
 from django.utils.dateparse import parse_datetime
@@ -41,7 +42,7 @@ def placeholders(count: int) -> str:
     return ", ".join(["%s"] * count)
 
 
-def update_rows(table: str, columns: list[tuple[str, str]], rows: list[list[object]]) -> None:
+def update_rows(table: str, columns: list[tuple[str, str]], rows: list[list[Any]]) -> None:
     """Set `columns` of many rows by id: one statement on PostgreSQL (UPDATE ... FROM VALUES),
     one prepared statement per row on SQLite (local, so a round trip costs little there).
 

@@ -99,7 +99,8 @@ class PlanAllowance(models.Model):
                 name="allowance_window_shape",
             ),
             models.UniqueConstraint(
-                fields=["plan", "meter", "window_kind", "window_seconds"], name="allowance_unique_window",
+                fields=["plan", "meter", "window_kind", "window_seconds"],
+                name="allowance_unique_window",
                 nulls_distinct=False,
             ),
         ]
@@ -136,9 +137,13 @@ class Subscription(models.Model):
     plan = models.ForeignKey(Plan, on_delete=models.PROTECT, related_name="subscriptions")
     anchor = models.DateTimeField(help_text=_("Start of the first period; every period is anchor + n x months"))
     status = models.CharField(max_length=16, choices=SubscriptionStatus.choices, default=SubscriptionStatus.ACTIVE)
+    # Paid plans charged by us (billing/services/renewals.py): the end of the last period paid for.
+    # Empty for free plans and for plans an admin assigned without a charge, which renewals leave alone.
+    paid_through = models.DateTimeField(null=True, blank=True)
+    renewal_failures = models.PositiveSmallIntegerField(default=0, help_text=_("Failed renewal charges in a row"))
+    past_due_since = models.DateTimeField(null=True, blank=True, help_text=_("First failed renewal of this period"))
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
     def __str__(self) -> str:
         return f"{self.organization} on {self.plan}"
-

@@ -109,7 +109,7 @@ def _catalogue_load() -> Catalogue:
     grouped: dict[tuple[int, int], list[AllowanceInfo]] = {}
     by_plan: dict[int, list[AllowanceInfo]] = {}
     for allowance in PlanAllowance.objects.order_by("plan_id", "meter_id", "window_seconds", "id"):
-        info = AllowanceInfo(
+        allowance_info = AllowanceInfo(
             id=allowance.pk,
             plan_id=allowance.plan_id,
             meter_id=allowance.meter_id,
@@ -118,9 +118,9 @@ def _catalogue_load() -> Catalogue:
             window_seconds=allowance.window_seconds,
             label=allowance.window_label,
         )
-        cat.allowances_by_id[allowance.pk] = info
-        grouped.setdefault((allowance.plan_id, allowance.meter_id), []).append(info)
-        by_plan.setdefault(allowance.plan_id, []).append(info)
+        cat.allowances_by_id[allowance.pk] = allowance_info
+        grouped.setdefault((allowance.plan_id, allowance.meter_id), []).append(allowance_info)
+        by_plan.setdefault(allowance.plan_id, []).append(allowance_info)
         if allowance.overage == Overage.BLOCK:
             cat.blocked.add((allowance.plan_id, allowance.meter_id))
     cat.allowances = {key: tuple(value) for key, value in grouped.items()}

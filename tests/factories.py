@@ -72,7 +72,12 @@ class OrganizationFactory(factory.django.DjangoModelFactory):
 
 
 def make_org(
-    *, plan: Plan, anchor: datetime = T0, owner: User | None = None, timezone: str = "UTC", balance_cap: Decimal | None = None
+    *,
+    plan: Plan,
+    anchor: datetime = T0,
+    owner: User | None = None,
+    timezone: str = "UTC",
+    balance_cap: Decimal | None = None,
 ) -> Organization:
     """An organization on `plan` (anchored at `anchor`) with its credit account and, if given, an owner."""
     org = OrganizationFactory(timezone=timezone)

@@ -17,7 +17,10 @@ def limit_reached_message(
     *, meter_name: str, plan_name: str, plan_is_free: bool, role: str, resets_at: datetime | None, credits_blocked: bool
 ) -> str:
     reset = _(" It resets at %(when)s.") % {"when": when(resets_at)} if resets_at else ""
-    head = _("You've reached your %(plan)s plan's usage limit for %(meter)s.") % {"plan": plan_name, "meter": meter_name}
+    head = _("You've reached your %(plan)s plan's usage limit for %(meter)s.") % {
+        "plan": plan_name,
+        "meter": meter_name,
+    }
     manager = role in (Role.OWNER, Role.ADMIN)
     if plan_is_free:
         tail = _(" Upgrade to a paid plan for more usage.") if manager else _(" Ask an owner to upgrade the plan.")

@@ -29,21 +29,28 @@ def entitlements(*, organization_id: int, now: datetime) -> dict[str, Any] | Non
             if meter is None:
                 continue
             slots = engine.current_slots(st, meter)
-            meters.append({
-                "meter": meter.key,
-                "name": meter.name,
-                "unit": meter.unit,
-                "credits_per_unit": format_decimal(meter.credits_per_unit),
-                "credits_allowed": not cat.credits_blocked(st.plan.id, meter_id),
-                "blocked": any(s.room <= 0 for s in slots),
-                "windows": [s.as_dict() for s in slots],
-            })
+            meters.append(
+                {
+                    "meter": meter.key,
+                    "name": meter.name,
+                    "unit": meter.unit,
+                    "credits_per_unit": format_decimal(meter.credits_per_unit),
+                    "credits_allowed": not cat.credits_blocked(st.plan.id, meter_id),
+                    "blocked": any(s.room <= 0 for s in slots),
+                    "windows": [s.as_dict() for s in slots],
+                }
+            )
     book = st.book
     return {
         "organization": organization_id,
-        "plan": None if st.plan is None else {
-            "key": st.plan.key, "name": st.plan.name, "price_amount": st.plan.price_amount,
-            "currency": st.plan.currency, "is_free": st.plan.is_free,
+        "plan": None
+        if st.plan is None
+        else {
+            "key": st.plan.key,
+            "name": st.plan.name,
+            "price_amount": st.plan.price_amount,
+            "currency": st.plan.currency,
+            "is_free": st.plan.is_free,
         },
         "meters": meters,
         "credits": {
@@ -53,8 +60,12 @@ def entitlements(*, organization_id: int, now: datetime) -> dict[str, Any] | Non
             "spent_this_month": format_decimal(book.spent_this_month),
             "lots": [
                 {
-                    "id": lot.pk, "category": lot.category, "source": lot.source, "priority": lot.priority,
-                    "granted": format_decimal(lot.granted), "remaining": format_decimal(lot.remaining),
+                    "id": lot.pk,
+                    "category": lot.category,
+                    "source": lot.source,
+                    "priority": lot.priority,
+                    "granted": format_decimal(lot.granted),
+                    "remaining": format_decimal(lot.remaining),
                     "effective_at": lot.effective_at.isoformat(),
                     "expires_at": lot.expires_at.isoformat() if lot.expires_at else None,
                 }
@@ -65,4 +76,8 @@ def entitlements(*, organization_id: int, now: datetime) -> dict[str, Any] | Non
 
 
 def events_for(*, organization_id: int) -> QuerySet[UsageEvent]:
-    return UsageEvent.objects.filter(organization_id=organization_id).select_related("meter").order_by("-created_at", "-id")
+    return (
+        UsageEvent.objects.filter(organization_id=organization_id)
+        .select_related("meter")
+        .order_by("-created_at", "-id")
+    )

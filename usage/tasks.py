@@ -3,7 +3,7 @@
 from celery import shared_task
 
 from core.clock import now
-from usage import services
+from usage import rollups, services
 
 
 @shared_task(acks_late=True)
@@ -19,3 +19,8 @@ def windows_close_finished() -> int:
 @shared_task(acks_late=True)
 def notices_send_pending() -> int:
     return services.notices_send_pending(now=now())
+
+
+@shared_task(acks_late=True)
+def daily_usage_rollup() -> int:
+    return rollups.daily_usage_rollup(now=now())

@@ -10,8 +10,8 @@ import pytest
 from plans.periods import month_start, period_bounds, period_index_at, period_start, rolling_bounds
 
 
-def utc(*args: int) -> datetime:
-    return datetime(*args, tzinfo=UTC)
+def utc(year: int, month: int, day: int, hour: int = 0, minute: int = 0, second: int = 0, micro: int = 0) -> datetime:
+    return datetime(year, month, day, hour, minute, second, micro, tzinfo=UTC)
 
 
 US = timedelta(microseconds=1)

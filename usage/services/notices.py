@@ -83,7 +83,9 @@ def notices_send_pending(*, now: datetime, limit: int = 500) -> int:
         for notice in notices:
             to = recipients.get(notice.organization_id, [])
             if to:
-                subject = SUBJECTS[NoticeKind(notice.kind)].format(**{"percent": "", "window": "", "balance": "", **notice.payload})
+                subject = SUBJECTS[NoticeKind(notice.kind)].format(
+                    **{"percent": "", "window": "", "balance": "", **notice.payload}
+                )
                 body = subject + "\n\n" + "\n".join(f"{k}: {v}" for k, v in sorted(notice.payload.items()))
                 send_mail(subject, body, None, to, fail_silently=False)
                 sent += 1

@@ -49,9 +49,17 @@ class Outcome:
 
 def request_hash(item: UsageInput, kind: str = "usage") -> str:
     raw = json.dumps(
-        [kind, item.meter, format_decimal(item.quantity), item.occurred_at.isoformat() if item.occurred_at else None,
-         item.metadata, item.user_id],
-        sort_keys=True, separators=(",", ":"), default=str,
+        [
+            kind,
+            item.meter,
+            format_decimal(item.quantity),
+            item.occurred_at.isoformat() if item.occurred_at else None,
+            item.metadata,
+            item.user_id,
+        ],
+        sort_keys=True,
+        separators=(",", ":"),
+        default=str,
     ).encode()
     return hashlib.blake2b(raw, digest_size=16).hexdigest()
 
@@ -69,10 +77,13 @@ def unknown_meter(meter: str) -> Outcome:
 
 
 def key_reused() -> Outcome:
-    return Outcome(422, error_body(
-        "idempotency_key_reused",
-        "This Idempotency-Key was already used with a different request. Use a new key for a new operation.",
-    ))
+    return Outcome(
+        422,
+        error_body(
+            "idempotency_key_reused",
+            "This Idempotency-Key was already used with a different request. Use a new key for a new operation.",
+        ),
+    )
 
 
 def purchase_url(organization_id: int) -> str:
@@ -95,18 +106,23 @@ def decision_fields(st: OrgState, ev: Evaluation, *, drawn: list[tuple[int, Deci
 
 def denial(engine: Engine, st: OrgState, ev: Evaluation, *, user_id: int | None, now: datetime) -> dict[str, Any]:
     """The 402 body: an error worded for the plan and the caller's role, plus the state that caused it."""
-    role = Role.OWNER
+    role: str = Role.OWNER
     if user_id is not None:
         role = membership_role(organization_id=st.organization_id, user_id=user_id) or Role.MEMBER
     plan_name = st.plan.name if st.plan else "current"
+    resets_at: datetime | None
     if ev.reason == "spend_cap_reached":
         resets_at = _next_month(now)
         message = spend_cap_message(cap=format_decimal(st.book.spend_cap or Decimal(0)), role=role, resets_at=resets_at)
     else:
         resets_at = engine.windows_when_clear(ev)
         message = limit_reached_message(
-            meter_name=ev.meter.name, plan_name=plan_name, plan_is_free=bool(st.plan and st.plan.is_free), role=role,
-            resets_at=resets_at, credits_blocked=ev.credits_blocked,
+            meter_name=ev.meter.name,
+            plan_name=plan_name,
+            plan_is_free=bool(st.plan and st.plan.is_free),
+            role=role,
+            resets_at=resets_at,
+            credits_blocked=ev.credits_blocked,
         )
     error = {
         "code": ev.reason,
@@ -135,20 +151,27 @@ def usage_record_batch(*, items: list[UsageInput], now: datetime) -> list[Outcom
         engine = Engine({item.organization_id for item in items}, now=now)
         catalogue = engine.catalogue
         orgs, keys = list(engine.states), list({i.idempotency_key for i in items})
-        stored = {
-            (e.organization_id, e.idempotency_key): e
-            for e in UsageEvent.objects.raw(
-                "SELECT id, organization_id, idempotency_key, request_hash, http_status, response FROM usage_usageevent"
-                f" WHERE organization_id IN ({placeholders(len(orgs))}) AND kind = %s"
-                f" AND idempotency_key IN ({placeholders(len(keys))})",
-                [*orgs, EventKind.USAGE.value, *keys],
-            )
-        } if orgs else {}
-        engine.preload({
-            (item.organization_id, meter.id)
-            for item in items
-            if (meter := catalogue.meters_by_key.get(item.meter)) is not None
-        })
+        stored = (
+            {
+                (e.organization_id, e.idempotency_key): e
+                for e in UsageEvent.objects.raw(
+                    "SELECT id, organization_id, idempotency_key, request_hash, http_status, response"
+                    " FROM usage_usageevent"
+                    f" WHERE organization_id IN ({placeholders(len(orgs))}) AND kind = %s"
+                    f" AND idempotency_key IN ({placeholders(len(keys))})",
+                    [*orgs, EventKind.USAGE.value, *keys],
+                )
+            }
+            if orgs
+            else {}
+        )
+        engine.preload(
+            {
+                (item.organization_id, meter.id)
+                for item in items
+                if (meter := catalogue.meters_by_key.get(item.meter)) is not None
+            }
+        )
         outcomes: list[Outcome] = []
         pending: list[tuple[Outcome, UsageEvent, list[LedgerEntry]]] = []
         seen: dict[tuple[int, str], tuple[str, Outcome]] = {}  # keys first used in this batch
@@ -224,7 +247,9 @@ def usage_record(*, item: UsageInput, now: datetime) -> Outcome:
     return usage_record_batch(items=[item], now=now)[0]
 
 
-def usage_authorize(*, organization_id: int, meter: str, quantity: Decimal, now: datetime, user_id: int | None = None) -> Outcome:
+def usage_authorize(
+    *, organization_id: int, meter: str, quantity: Decimal, now: datetime, user_id: int | None = None
+) -> Outcome:
     """Would this be allowed now, and from where? Reads only; takes no lock and writes nothing."""
     with transaction.atomic():
         engine = Engine({organization_id}, now=now, lock=False)
@@ -241,4 +266,3 @@ def usage_authorize(*, organization_id: int, meter: str, quantity: Decimal, now:
         fields = decision_fields(st, ev, drawn=[])
         fields["credits_charged"] = format_decimal(ev.credits)
         return Outcome(200, {"allowed": True, "decision": Decision.ALLOWED, **fields})
-

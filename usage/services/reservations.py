@@ -94,7 +94,11 @@ def reservation_create(*, item: UsageInput, ttl_seconds: int | None, now: dateti
         reservation.from_allowance = ev.from_allowance
         reservation.credits_held = ev.credits
         reservation.held_windows = [
-            {"allowance": slot.allowance.id, "start": slot.window.start.isoformat(), "amount": format_decimal(ev.from_allowance)}
+            {
+                "allowance": slot.allowance.id,
+                "start": slot.window.start.isoformat(),
+                "amount": format_decimal(ev.from_allowance),
+            }
             for slot in ev.slots
             if ev.from_allowance > 0
         ]
@@ -112,7 +116,12 @@ def reservation_create(*, item: UsageInput, ttl_seconds: int | None, now: dateti
 
 def _windows_and_balance(st: OrgState, ev: Any, drawn: list[tuple[int, Decimal]]) -> dict[str, Any]:
     fields = decision_fields(st, ev, drawn=drawn)
-    return {"meter": fields["meter"], "windows": fields["windows"], "lots": fields["lots"], "credits": fields["credits"]}
+    return {
+        "meter": fields["meter"],
+        "windows": fields["windows"],
+        "lots": fields["lots"],
+        "credits": fields["credits"],
+    }
 
 
 def _committed_body(reservation: Reservation) -> dict[str, Any]:
@@ -147,15 +156,23 @@ def reservation_commit(*, organization_id: int, reservation_id: int, quantity: D
             if reservation.committed_quantity == quantity:
                 engine.flush()
                 return Outcome(200, _committed_body(reservation), True)
-            return Outcome(409, error_body(
-                "reservation_already_committed",
-                f"This reservation was already committed with quantity {format_decimal(reservation.committed_quantity or Decimal(0))}.",
-            ))
+            return Outcome(
+                409,
+                error_body(
+                    "reservation_already_committed",
+                    "This reservation was already committed with quantity "
+                    f"{format_decimal(reservation.committed_quantity or Decimal(0))}.",
+                ),
+            )
         if reservation.status != ReservationStatus.HELD:
             engine.flush()
-            return Outcome(409, error_body(
-                "reservation_not_held", f"This reservation is {reservation.status}; only a held reservation can be committed."
-            ))
+            return Outcome(
+                409,
+                error_body(
+                    "reservation_not_held",
+                    f"This reservation is {reservation.status}; only a held reservation can be committed.",
+                ),
+            )
         meter = engine.catalogue.meters_by_id.get(reservation.meter_id)
         if meter is None:
             return unknown_meter(str(reservation.meter_id))
@@ -208,9 +225,13 @@ def reservation_release(*, organization_id: int, reservation_id: int, now: datet
             engine.flush()
             return Outcome(200, reservation_body(reservation), True)
         if reservation.status != ReservationStatus.HELD:
-            return Outcome(409, error_body(
-                "reservation_not_held", f"This reservation is {reservation.status}; only a held reservation can be released."
-            ))
+            return Outcome(
+                409,
+                error_body(
+                    "reservation_not_held",
+                    f"This reservation is {reservation.status}; only a held reservation can be released.",
+                ),
+            )
         engine.release(st, reservation, reference=f"reservation:{reservation.pk}")
         reservation.status = ReservationStatus.RELEASED
         reservation.settled_at = now
