@@ -11,8 +11,10 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from billing import selectors, services
-from billing.models import CreditLot, LotCategory
-from core.api import IDEMPOTENCY_PARAM, idempotency_key, once_response
+from billing.models import CreditLot, CreditPurchase, LotCategory, PurchaseStatus
+from billing.pricing import format_money
+from billing.services.purchases import PurchaseResult, purchase_start
+from core.api import IDEMPOTENCY_PARAM, REPLAYED_HEADER, idempotency_key, once_response
 from core.clock import now
 from core.errors import DomainError, NotFound
 from core.money import format_decimal
@@ -217,3 +219,104 @@ class SpendCapView(APIView):
 
         # A late retry must not overwrite a newer cap: a replay answers from the record, it does not set again.
         return once_response(scope=f"spend-cap:{organization_id}", key=key, payload=data, operation=set_cap)
+
+
+RECEIPTS_PAGE_MAX = 100
+
+
+def purchase_dict(purchase: CreditPurchase) -> dict[str, Any]:
+    return {
+        "id": purchase.pk,
+        "organization": purchase.organization_id,
+        "kind": purchase.kind,
+        "pack": purchase.pack.key if purchase.pack is not None else None,
+        "status": purchase.status,
+        "credits": format_decimal(purchase.credits),
+        "amount": purchase.amount,
+        "amount_decimal": format_money(purchase.amount, purchase.currency),
+        "currency": purchase.currency,
+        "card_brand": purchase.card_brand,
+        "card_last4": purchase.card_last4,
+        "failure_code": purchase.failure_code or None,
+        "failure_message": purchase.failure_message or None,
+        "created_at": purchase.created_at.isoformat(),
+        "paid_at": purchase.paid_at.isoformat() if purchase.paid_at else None,
+    }
+
+
+def purchase_response(result: PurchaseResult, organization_id: int) -> Response:
+    """201 paid (with the new balance), 202 waiting (3-D Secure: with the client secret for
+    Stripe.js; or an outcome still unknown), 402 declined (the card's reason, for the customer)."""
+    purchase = result.purchase
+    body = purchase_dict(purchase)
+    if purchase.status == PurchaseStatus.FAILED:
+        response = Response(
+            {
+                "error": {
+                    "code": purchase.failure_code or "card_declined",
+                    "message": purchase.failure_message or "Your card was declined.",
+                    "purchase": body,
+                }
+            },
+            status=402,
+        )
+    elif purchase.status in (PurchaseStatus.SUCCEEDED, PurchaseStatus.REFUNDED):
+        account = selectors.credit_account(organization_id=organization_id)
+        body["balance"] = format_decimal(account.balance) if account is not None else None
+        response = Response(body, status=201)
+    else:
+        body["client_secret"] = result.client_secret
+        response = Response(body, status=202)
+    if result.replayed:
+        response[REPLAYED_HEADER] = "true"
+    return response
+
+
+class PurchasesView(APIView):
+    """Buy a credit pack with the card on file (customer key of the organization, or a service
+    token), and list the organization's receipts."""
+
+    @extend_schema(
+        operation_id="purchases_list",
+        parameters=[
+            OpenApiParameter("before", int, description="Receipts with id below this (the previous page's `next`)"),
+            OpenApiParameter("limit", int, description=f"Page size, at most {RECEIPTS_PAGE_MAX}"),
+        ],
+        responses={
+            200: inline_serializer("ReceiptPage", {"data": serializers.ListField(), "next": serializers.IntegerField()})
+        },
+        summary="Receipts: paid packs, auto top-ups, plan upgrades and renewals, newest first",
+    )
+    def get(self, request: Request, organization_id: int) -> Response:
+        check_organization(request, organization_id)
+        if selectors.credit_account(organization_id=organization_id) is None:
+            raise NotFound(f"There is no organization {organization_id}.", code="organization_not_found")
+        params = request.query_params
+        limit = get_int(params, "limit", required=False, minimum=1) or 50
+        before = get_int(params, "before", required=False)
+        if limit > RECEIPTS_PAGE_MAX:
+            raise DomainError(f"limit: at most {RECEIPTS_PAGE_MAX}", code="validation_error", field="limit")
+        rows = selectors.receipts_for(organization_id=organization_id, limit=limit + 1, before=before)
+        page = rows[:limit]
+        return Response({"data": page, "next": page[-1]["id"] if len(rows) > limit and page else None})
+
+    @extend_schema(
+        operation_id="purchase_create",
+        parameters=[IDEMPOTENCY_PARAM],
+        request=inline_serializer("PurchaseRequest", {"pack": serializers.CharField()}),
+        responses={
+            201: inline_serializer("Purchase", {"id": serializers.IntegerField(), "status": serializers.CharField()}),
+            202: inline_serializer("PurchasePending", {"client_secret": serializers.CharField(allow_null=True)}),
+        },
+        summary="Buy a credit pack with the card on file; a retry with the same Idempotency-Key charges once",
+    )
+    def post(self, request: Request, organization_id: int) -> Response:
+        check_organization(request, organization_id)
+        key = idempotency_key(request)
+        data = require_object(request.data)
+        pack = get_str(data, "pack", max_length=64)
+        assert pack is not None
+        if selectors.credit_account(organization_id=organization_id) is None:
+            raise NotFound(f"There is no organization {organization_id}.", code="organization_not_found")
+        result = purchase_start(organization_id=organization_id, pack_key=pack, now=now(), request_key=key)
+        return purchase_response(result, organization_id)

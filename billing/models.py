@@ -6,7 +6,7 @@ from django.db.models import Q
 from django.utils.translation import gettext_lazy as _
 
 from accounts.models import Organization
-from plans.models import CreditField
+from plans.models import CreditField, Plan, Subscription
 
 
 class CreditAccount(models.Model):
@@ -24,6 +24,20 @@ class CreditAccount(models.Model):
     spend_month_total = CreditField(default=0)
     next_lot_expiry = models.DateTimeField(null=True, blank=True)
     next_hold_expiry = models.DateTimeField(null=True, blank=True)
+    # Auto top-up (billing/services/autotopup.py). On this row so that the usage hot path, which has
+    # it locked already, sees the settings without another query. Written only under the row lock,
+    # with update() of these columns (the credit book writes the others).
+    auto_topup_enabled = models.BooleanField(default=False, help_text=_("Off until an owner turns it on"))
+    auto_topup_min_balance = CreditField(default=0, help_text=_("Top up when the balance falls below this"))
+    auto_topup_target_balance = CreditField(default=0, help_text=_("A top-up buys just enough to reach this"))
+    auto_topup_monthly_cap_amount = models.PositiveIntegerField(
+        null=True, blank=True, help_text=_("Most auto top-ups may charge per calendar month (UTC), in minor units")
+    )
+    auto_topup_currency = models.CharField(max_length=3, blank=True)
+    auto_topup_failures = models.PositiveSmallIntegerField(default=0, help_text=_("Failed charges in a row"))
+    auto_topup_last_charge_at = models.DateTimeField(
+        null=True, blank=True, help_text=_("Last charge attempt (paid or not): the cool-down counts from it")
+    )
     updated_at = models.DateTimeField(auto_now=True)
 
     class Meta:
@@ -31,6 +45,15 @@ class CreditAccount(models.Model):
             models.CheckConstraint(condition=Q(balance__gte=0), name="account_balance_nonnegative"),
             models.CheckConstraint(
                 condition=Q(monthly_spend_cap__isnull=True) | Q(monthly_spend_cap__gte=0), name="account_cap_nonnegative"
+            ),
+            models.CheckConstraint(
+                condition=Q(auto_topup_enabled=False)
+                | Q(
+                    auto_topup_min_balance__gte=0,
+                    auto_topup_target_balance__gt=models.F("auto_topup_min_balance"),
+                    auto_topup_monthly_cap_amount__gt=0,
+                ),
+                name="account_auto_topup_valid",
             ),
         ]
 
@@ -184,12 +207,19 @@ class PurchaseKind(models.TextChoices):
     PURCHASE = "purchase", _("Credit pack")
     AUTO_TOPUP = "auto_topup", _("Auto top-up")
     RENEWAL = "renewal", _("Plan renewal")
+    PLAN_UPGRADE = "plan_upgrade", _("Plan upgrade")
+
+
+# Kinds that pay for a plan period (no credits, no lot).
+PLAN_KINDS = (PurchaseKind.RENEWAL, PurchaseKind.PLAN_UPGRADE)
 
 
 class CreditPurchase(models.Model):
-    """One attempt to pay for credits. Created before Stripe is called: its id is the idempotency
-    key ("purchase:<id>"). Paid exactly once: the lot is granted in the transaction that marks it
-    succeeded, with the payment intent id as the lot's external_ref (unique per organization)."""
+    """One attempt to pay for credits or for a plan period. Created before Stripe is called: its id
+    is the idempotency key ("purchase:<id>"). Paid exactly once: the lot is granted in the
+    transaction that marks it succeeded, with the payment intent id as the lot's external_ref
+    (unique per organization). Renewals and plan upgrades grant no credits: they carry the
+    subscription, the plan and the period they pay for (billing/services/renewals.py)."""
 
     OPEN_STATUSES = (PurchaseStatus.PENDING, PurchaseStatus.REQUIRES_ACTION)
 
@@ -207,6 +237,14 @@ class CreditPurchase(models.Model):
     card_brand = models.CharField(max_length=32, blank=True)
     card_last4 = models.CharField(max_length=4, blank=True)
     lot = models.OneToOneField(CreditLot, null=True, blank=True, on_delete=models.PROTECT, related_name="purchase")
+    subscription = models.ForeignKey(
+        Subscription, null=True, blank=True, on_delete=models.PROTECT, related_name="charges"
+    )
+    plan = models.ForeignKey(Plan, null=True, blank=True, on_delete=models.PROTECT, related_name="charges")
+    period_start = models.DateTimeField(null=True, blank=True, help_text=_("Start of the plan period paid for"))
+    period_end = models.DateTimeField(null=True, blank=True, help_text=_("End of the plan period paid for"))
+    # The Idempotency-Key of the API call that started it (unique per organization; NULL when none).
+    request_key = models.CharField(max_length=255, null=True, blank=True)  # noqa: DJ001 - NULLs never clash
     actor = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )
@@ -216,10 +254,39 @@ class CreditPurchase(models.Model):
 
     class Meta:
         constraints = [
-            models.CheckConstraint(condition=Q(credits__gt=0), name="purchase_credits_positive"),
             models.CheckConstraint(
-                condition=~Q(status="succeeded") | Q(lot__isnull=False, paid_at__isnull=False),
+                condition=Q(credits__gt=0) | Q(credits=0, kind__in=["renewal", "plan_upgrade"]),
+                name="purchase_credits_positive",
+            ),
+            models.CheckConstraint(
+                condition=~Q(status="succeeded")
+                | Q(lot__isnull=False, paid_at__isnull=False)
+                | Q(kind__in=["renewal", "plan_upgrade"], paid_at__isnull=False),
                 name="purchase_paid_has_lot",
+            ),
+            models.CheckConstraint(
+                condition=~Q(kind__in=["renewal", "plan_upgrade"])
+                | Q(subscription__isnull=False, plan__isnull=False, period_start__isnull=False),
+                name="purchase_plan_kinds_have_period",
+            ),
+            # One renewal per subscription period: a failed attempt leaves room for a retry.
+            models.UniqueConstraint(
+                fields=["subscription", "period_start"],
+                condition=Q(kind="renewal", status__in=["pending", "requires_action", "succeeded", "refunded"]),
+                name="purchase_one_renewal_per_period",
+            ),
+            # One plan payment (renewal or upgrade) in flight per organization.
+            models.UniqueConstraint(
+                fields=["organization"],
+                condition=Q(kind__in=["renewal", "plan_upgrade"], status__in=["pending", "requires_action"]),
+                name="purchase_one_plan_payment_in_flight",
+            ),
+            models.UniqueConstraint(fields=["organization", "request_key"], name="purchase_unique_request_key"),
+            # One auto top-up in flight per organization (billing/services/autotopup.py).
+            models.UniqueConstraint(
+                fields=["organization"],
+                condition=Q(kind="auto_topup", status__in=["pending", "requires_action"]),
+                name="purchase_one_auto_topup_in_flight",
             ),
         ]
         indexes = [
@@ -235,3 +302,45 @@ class CreditPurchase(models.Model):
     @property
     def idempotency_key(self) -> str:
         return f"purchase:{self.pk}"
+
+
+class BillingNoticeKind(models.TextChoices):
+    TOPUP_SUCCEEDED = "topup_succeeded", _("Auto top-up charged")
+    TOPUP_FAILED = "topup_failed", _("Auto top-up failed")
+    TOPUP_DISABLED = "topup_disabled", _("Auto top-up turned off")
+    PLAN_STARTED = "plan_started", _("Paid plan started")
+    RENEWAL_SUCCEEDED = "renewal_succeeded", _("Plan renewed")
+    RENEWAL_FAILED = "renewal_failed", _("Plan renewal failed")
+    PLAN_DOWNGRADED = "plan_downgraded", _("Moved to the free plan")
+
+
+class BillingNotice(models.Model):
+    """An email to an organization's owners about money (a charge, a failure, a plan change).
+
+    Written in the transaction that records what it tells (an outbox: no email for something rolled
+    back, none lost in a crash), sent by `billing_notices_send`. Unique per (organization, dedupe_key),
+    so an event reported twice (webhook and sweep) is told once. Billing keeps its own notices:
+    usage.Notice is above billing in the import order.
+    """
+
+    organization = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="billing_notices")
+    kind = models.CharField(max_length=32, choices=BillingNoticeKind.choices)
+    dedupe_key = models.CharField(max_length=120)
+    subject = models.CharField(max_length=200)
+    body = models.TextField()
+    purchase = models.ForeignKey(
+        CreditPurchase, null=True, blank=True, on_delete=models.SET_NULL, related_name="notices"
+    )
+    created_at = models.DateTimeField()
+    sent_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["organization", "dedupe_key"], name="billing_notice_unique"),
+        ]
+        indexes = [
+            models.Index(fields=["created_at"], condition=Q(sent_at__isnull=True), name="billing_notice_unsent"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.get_kind_display()} for organization #{self.organization_id}"

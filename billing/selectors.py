@@ -1,11 +1,23 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
 from django.db.models import QuerySet
 
-from billing.models import CreditAccount, CreditLot, CreditPack, LedgerEntry
+from billing.models import (
+    PLAN_KINDS,
+    CreditAccount,
+    CreditLot,
+    CreditPack,
+    CreditPurchase,
+    LedgerEntry,
+    PurchaseKind,
+    PurchaseStatus,
+)
+from billing.pricing import format_money
 from billing.services.book import DRAW_ORDER
+from core.money import format_decimal
 
 
 def credit_account(*, organization_id: int) -> CreditAccount | None:
@@ -27,3 +39,55 @@ def ledger_entries(*, organization_id: int) -> QuerySet[LedgerEntry]:
 
 def packs_active() -> QuerySet[CreditPack]:
     return CreditPack.objects.filter(is_active=True)
+
+
+RECEIPT_STATUSES = (PurchaseStatus.SUCCEEDED, PurchaseStatus.REFUNDED)
+
+
+def receipts_for(*, organization_id: int, limit: int = 100, before: int | None = None) -> list[dict[str, Any]]:
+    """The organization's receipts (paid purchases, top-ups, renewals and upgrades), newest first.
+
+    `before`: only receipts with an id below it (the previous page's last id).
+    """
+    qs = (
+        CreditPurchase.objects.filter(organization_id=organization_id, status__in=RECEIPT_STATUSES)
+        .select_related("pack", "plan")
+        .order_by("-id")
+    )
+    if before is not None:
+        qs = qs.filter(pk__lt=before)
+    return [receipt_dict(purchase) for purchase in qs[:limit]]
+
+
+def receipt_dict(purchase: CreditPurchase) -> dict[str, Any]:
+    """What a receipt shows: what was bought, the money (minor units and as a decimal string in
+    major units), the card, the credits granted (none for a plan period), and when it was paid."""
+    is_plan = purchase.kind in PLAN_KINDS
+    return {
+        "id": purchase.pk,
+        "number": f"{purchase.organization_id}-{purchase.pk:06d}",
+        "kind": purchase.kind,
+        "description": _receipt_description(purchase),
+        "status": purchase.status,
+        "amount": purchase.amount,
+        "amount_decimal": format_money(purchase.amount, purchase.currency),
+        "currency": purchase.currency,
+        "card_brand": purchase.card_brand,
+        "card_last4": purchase.card_last4,
+        "credits_granted": None if is_plan else format_decimal(purchase.credits),
+        "plan": purchase.plan.key if is_plan and purchase.plan is not None else None,
+        "period_start": purchase.period_start.isoformat() if is_plan and purchase.period_start else None,
+        "period_end": purchase.period_end.isoformat() if is_plan and purchase.period_end else None,
+        "paid_at": purchase.paid_at.isoformat() if purchase.paid_at else None,
+    }
+
+
+def _receipt_description(purchase: CreditPurchase) -> str:
+    if purchase.kind in PLAN_KINDS and purchase.plan is not None:
+        verb = "renewal" if purchase.kind == PurchaseKind.RENEWAL else "subscription"
+        return f"{purchase.plan.name} plan {verb}"
+    if purchase.kind == PurchaseKind.AUTO_TOPUP:
+        return f"Auto top-up: {format_decimal(purchase.credits)} credits"
+    if purchase.pack is not None:
+        return purchase.pack.name
+    return f"{format_decimal(purchase.credits)} credits"

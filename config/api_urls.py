@@ -2,7 +2,7 @@ from django.conf import settings
 from django.urls import path
 
 from accounts.apis import KeyVerifyView
-from billing.apis import GrantView, LedgerView, OrganizationCreateView, SpendCapView, SubscriptionView
+from billing.apis import GrantView, LedgerView, OrganizationCreateView, PurchasesView, SpendCapView, SubscriptionView
 from core.bench import BenchBaselineView
 from usage.apis import (
     AuthorizeView,
@@ -27,6 +27,7 @@ urlpatterns = [
     path("organizations/<int:organization_id>/grants", GrantView.as_view(), name="grants"),
     path("organizations/<int:organization_id>/subscription", SubscriptionView.as_view(), name="subscription"),
     path("organizations/<int:organization_id>/spend-cap", SpendCapView.as_view(), name="spend-cap"),
+    path("organizations/<int:organization_id>/purchases", PurchasesView.as_view(), name="purchases"),
     path("keys/verify", KeyVerifyView.as_view(), name="keys-verify"),
 ]
 if settings.BENCH_ENDPOINTS:  # bench/: the baseline of `make bench`

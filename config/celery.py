@@ -17,4 +17,7 @@ app.conf.beat_schedule = {
     "send-pending-notices": {"task": "usage.tasks.notices_send_pending", "schedule": 60.0},
     "rollup-daily-usage": {"task": "usage.tasks.daily_usage_rollup", "schedule": 60.0},
     "reconcile-payments": {"task": "billing.tasks.purchases_reconcile", "schedule": 120.0},
+    "renew-paid-subscriptions": {"task": "billing.tasks.renewals_run_due", "schedule": 300.0},
+    "auto-topup-sweep": {"task": "billing.tasks.auto_topup_sweep", "schedule": 120.0},
+    "send-billing-notices": {"task": "billing.tasks.billing_notices_send", "schedule": 60.0},
 }

@@ -218,6 +218,8 @@ CREDITS_LOW_THRESHOLD = os.environ.get("CREDITS_LOW_THRESHOLD", "100")
 # Service tokens are cached in each process for this many seconds: revocation takes effect within it.
 AUTH_CACHE_SECONDS = int(os.environ.get("AUTH_CACHE_SECONDS", "30"))
 RESERVATION_DEFAULT_TTL_SECONDS = 3600
+# Auto top-up: the least time between two charges of one organization (paid or failed).
+AUTO_TOPUP_COOLDOWN_SECONDS = int(os.environ.get("AUTO_TOPUP_COOLDOWN_SECONDS", "600"))
 RESERVATION_MAX_TTL_SECONDS = 7 * 24 * 3600
 USAGE_BATCH_MAX = 1000
 # bench/ (make bench): route the baseline endpoint /api/v1/bench/baseline. Never on in production.

@@ -28,7 +28,7 @@ _MAX_DETAILS_PER_CHECK = 5  # per organization; the rest is counted
 _RESERVATION_PREFIX = "reservation:"
 
 
-def _credits() -> DecimalField:  # type: ignore[type-arg]
+def _credits() -> DecimalField:
     return DecimalField(max_digits=CREDIT_DIGITS + 6, decimal_places=CREDIT_PLACES)
 
 
@@ -106,15 +106,17 @@ def _check_ranges(found: _Findings, scoped: Any) -> None:
     lots = scoped(CreditLot.objects.filter(Q(remaining__lt=0) | Q(remaining__gt=F("granted")) | Q(granted__lte=0)))
     for row in lots.values("organization_id", "pk", "remaining", "granted").order_by("pk"):
         found.add(
-            row["organization_id"], "lot range",
+            row["organization_id"],
+            "lot range",
             f"lot #{row['pk']} remaining {_fmt(row['remaining'])} is outside 0..granted {_fmt(row['granted'])}",
-        )  # fmt: skip
+        )
     windows = scoped(AllowanceWindow.objects.filter(Q(used__lt=0) | Q(used__gt=F("limit")) | Q(limit__lt=0)))
     for row in windows.values("organization_id", "pk", "used", "limit").order_by("pk"):
         found.add(
-            row["organization_id"], "window range",
+            row["organization_id"],
+            "window range",
             f"window #{row['pk']} used {_fmt(row['used'])} is outside 0..limit {_fmt(row['limit'])}",
-        )  # fmt: skip
+        )
 
 
 def _check_lots_against_entries(found: _Findings, scoped: Any) -> None:
@@ -129,12 +131,16 @@ def _check_lots_against_entries(found: _Findings, scoped: Any) -> None:
     )
     for row in lots:
         found.add(
-            row["organization_id"], "lot ledger",
-            f"lot #{row['pk']} remaining {_fmt(row['remaining'])} != sum of its ledger entries {_fmt(row['entries_total'])}",
-        )  # fmt: skip
+            row["organization_id"],
+            "lot ledger",
+            f"lot #{row['pk']} remaining {_fmt(row['remaining'])} "
+            f"!= sum of its ledger entries {_fmt(row['entries_total'])}",
+        )
     foreign = scoped(LedgerEntry.objects.exclude(organization_id=F("lot__organization_id")))
     for row in foreign.values("organization_id").annotate(n=Count("pk")).order_by("organization_id"):
-        found.add(row["organization_id"], "entry owner", f"{row['n']} ledger entries point at another organization's lot")
+        found.add(
+            row["organization_id"], "entry owner", f"{row['n']} ledger entries point at another organization's lot"
+        )
 
 
 def _check_balances(found: _Findings, scoped: Any) -> None:
@@ -149,9 +155,10 @@ def _check_balances(found: _Findings, scoped: Any) -> None:
     )
     for row in accounts:
         found.add(
-            row["organization_id"], "balance",
+            row["organization_id"],
+            "balance",
             f"balance {_fmt(row['balance'])} != sum of lots' remaining {_fmt(row['lots_total'])}",
-        )  # fmt: skip
+        )
     orphans = scoped(CreditLot.objects.filter(organization__credit_account__isnull=True))
     for row in orphans.values("organization_id").annotate(n=Count("pk")).order_by("organization_id"):
         found.add(row["organization_id"], "account", f"{row['n']} credit lots but no credit account")
@@ -160,7 +167,9 @@ def _check_balances(found: _Findings, scoped: Any) -> None:
     last_entries = (
         LedgerEntry.objects.filter(pk__in=last_ids)
         .annotate(
-            diff=ExpressionWrapper(F("balance_after") - F("organization__credit_account__balance"), output_field=_credits())
+            diff=ExpressionWrapper(
+                F("balance_after") - F("organization__credit_account__balance"), output_field=_credits()
+            )
         )
         .filter(_differs("diff"))
         .values("organization_id", "pk", "balance_after", "organization__credit_account__balance")
@@ -168,21 +177,28 @@ def _check_balances(found: _Findings, scoped: Any) -> None:
     )
     for row in last_entries:
         found.add(
-            row["organization_id"], "running balance",
+            row["organization_id"],
+            "running balance",
             f"last ledger entry #{row['pk']} says balance {_fmt(row['balance_after'])}, "
             f"the account says {_fmt(row['organization__credit_account__balance'])}",
-        )  # fmt: skip
+        )
 
 
 def _check_uniqueness(found: _Findings, scoped: Any) -> None:
     """Invariant 3: one effect per (organization, key), one lot per (organization, external ref). Also DB UNIQUEs."""
-    for model, key, what in (
-        (UsageEvent, "idempotency_key", "usage events with idempotency key"),
-        (Reservation, "idempotency_key", "reservations with idempotency key"),
-        (CreditLot, "external_ref", "credit lots with external ref"),
+    # A reservation's commit event has its own kind and key ("reservation:<id>:commit"), so event keys are per kind.
+    for model, group, key, what in (
+        (UsageEvent, ("kind",), "idempotency_key", "usage events with idempotency key"),
+        (Reservation, (), "idempotency_key", "reservations with idempotency key"),
+        (CreditLot, (), "external_ref", "credit lots with external ref"),
     ):
         qs = scoped(model.objects.filter(**{f"{key}__isnull": False}))
-        dupes = qs.values("organization_id", key).annotate(n=Count("pk")).filter(n__gt=1).order_by("organization_id", key)
+        dupes = (
+            qs.values("organization_id", *group, key)
+            .annotate(n=Count("pk"))
+            .filter(n__gt=1)
+            .order_by("organization_id", key)
+        )
         for row in dupes:
             found.add(row["organization_id"], "duplicate", f"{row['n']} {what} {row[key]!r}")
 
@@ -193,7 +209,11 @@ def _check_reservations(found: _Findings, scoped: Any) -> None:
     outstanding: dict[str, dict[int, Decimal]] = defaultdict(dict)  # reference -> lot -> net held (positive)
     entry_org: dict[str, int] = {}
     rows = (
-        scoped(LedgerEntry.objects.filter(kind__in=[EntryKind.HOLD, EntryKind.RELEASE], reference__startswith=_RESERVATION_PREFIX))
+        scoped(
+            LedgerEntry.objects.filter(
+                kind__in=[EntryKind.HOLD, EntryKind.RELEASE], reference__startswith=_RESERVATION_PREFIX
+            )
+        )
         .values("organization_id", "reference", "lot_id")
         .annotate(net=Sum("amount"))
         .filter(_differs("net"))
@@ -211,7 +231,11 @@ def _check_reservations(found: _Findings, scoped: Any) -> None:
         in_ledger = outstanding.pop(reference, {})
         ledger_org = entry_org.pop(reference, None)
         if ledger_org is not None and ledger_org != res["organization_id"]:
-            found.add(ledger_org, "reservation", f"ledger entries hold credits for reservation #{res['pk']} of another organization")
+            found.add(
+                ledger_org,
+                "reservation",
+                f"ledger entries hold credits for reservation #{res['pk']} of another organization",
+            )
         said: dict[int, Decimal] = defaultdict(Decimal)
         for item in res["held_lots"] or []:
             said[int(item["lot"])] += Decimal(item["amount"])
@@ -220,25 +244,39 @@ def _check_reservations(found: _Findings, scoped: Any) -> None:
         org_id = res["organization_id"]
         if abs(said_total - res["credits_held"]) > _EPSILON:
             found.add(
-                org_id, "reservation",
-                f"reservation #{res['pk']} credits_held {_fmt(res['credits_held'])} != its held lots {_fmt(said_total)}",
-            )  # fmt: skip
+                org_id,
+                "reservation",
+                f"reservation #{res['pk']} credits_held {_fmt(res['credits_held'])} "
+                f"!= its held lots {_fmt(said_total)}",
+            )
         if abs(ledger_total - res["credits_held"]) > _EPSILON:
             found.add(
-                org_id, "reservation",
-                f"held reservation #{res['pk']} holds {_fmt(res['credits_held'])} credits, its ledger entries hold {_fmt(ledger_total)}",
-            )  # fmt: skip
+                org_id,
+                "reservation",
+                f"held reservation #{res['pk']} holds {_fmt(res['credits_held'])} credits, "
+                f"its ledger entries hold {_fmt(ledger_total)}",
+            )
         elif any(abs(said.get(lot, Decimal(0)) - amount) > _EPSILON for lot, amount in in_ledger.items()):
-            found.add(org_id, "reservation", f"held reservation #{res['pk']} holds its credits on other lots than its ledger entries")
+            found.add(
+                org_id,
+                "reservation",
+                f"held reservation #{res['pk']} holds its credits on other lots than its ledger entries",
+            )
 
     if outstanding:
-        ids = [int(ref.removeprefix(_RESERVATION_PREFIX)) for ref in outstanding if ref.removeprefix(_RESERVATION_PREFIX).isdigit()]
+        ids = [
+            int(ref.removeprefix(_RESERVATION_PREFIX))
+            for ref in outstanding
+            if ref.removeprefix(_RESERVATION_PREFIX).isdigit()
+        ]
         statuses = dict(Reservation.objects.filter(pk__in=ids).values_list("pk", "status"))
         for reference, by_lot in sorted(outstanding.items()):
             res_id = reference.removeprefix(_RESERVATION_PREFIX)
             status = statuses.get(int(res_id)) if res_id.isdigit() else None
             state = f"is {status}" if status else "does not exist"
             found.add(
-                entry_org[reference], "reservation",
-                f"reservation #{res_id} {state} but its ledger entries still hold {_fmt(sum(by_lot.values(), Decimal(0)))} credits",
-            )  # fmt: skip
+                entry_org[reference],
+                "reservation",
+                f"reservation #{res_id} {state} but its ledger entries still hold "
+                f"{_fmt(sum(by_lot.values(), Decimal(0)))} credits",
+            )

@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from datetime import UTC, date, datetime
 from decimal import Decimal
+from typing import Any
 
 from django.db import connection
 from django.db.models import Case, F, IntegerField, Value, When
@@ -53,7 +54,7 @@ def credit_books_lock(organization_ids: Iterable[int], *, now: datetime, lock: b
     return {account.organization_id: CreditBook(account, now=now, locked=lock) for account in CreditAccount.objects.raw(sql, ids)}
 
 
-_ACCOUNT_COLUMNS = ", ".join(f"a.{qn(f.column)}" for f in CreditAccount._meta.concrete_fields)
+_ACCOUNT_COLUMNS = ", ".join(f"a.{qn(f.column)}" for f in CreditAccount._meta.concrete_fields if f.column)
 
 
 class CreditBook:
@@ -269,9 +270,9 @@ class CreditBook:
 def flush_books(books: Iterable[CreditBook]) -> None:
     """Write what these books changed: dirty lots, new ledger entries and accounts, in three
     statements however many organizations (a batch touches up to a thousand)."""
-    lot_rows: list[list[object]] = []
+    lot_rows: list[list[Any]] = []
     entries: list[LedgerEntry] = []
-    account_rows: list[list[object]] = []
+    account_rows: list[list[Any]] = []
     for book in books:
         if not book.locked:
             raise AssertionError("flush() needs the account lock")

@@ -24,6 +24,7 @@ from django.db.models import Q
 from accounts.models import Organization, Role
 from billing import stripe_gateway as gateway
 from billing.models import (
+    PLAN_KINDS,
     CreditLot,
     CreditPack,
     CreditPurchase,
@@ -37,7 +38,8 @@ from billing.models import (
 from billing.services.book import credit_books_lock
 from billing.services.grants import credits_grant
 from core.errors import Conflict, DomainError, NotFound
-from core.money import ZERO, round_credits
+from core.idempotency import key_reused
+from core.money import CREDIT_PLACES, ZERO, round_credits
 
 logger = logging.getLogger(__name__)
 
@@ -45,6 +47,9 @@ logger = logging.getLogger(__name__)
 # is looked up by its metadata; if Stripe has none after this long, it never happened.
 ABANDON_UNKNOWN_AFTER = timedelta(hours=1)
 RECONCILE_AFTER = timedelta(minutes=5)
+# A payment still waiting for 3-D Secure after this long is failed (its auto top-up, renewal or
+# upgrade must not wait forever; with real Stripe an off-session charge fails at once instead).
+UNCONFIRMED_EXPIRE_AFTER = timedelta(hours=24)
 
 _SOURCE_BY_KIND = {PurchaseKind.PURCHASE: LotSource.PURCHASE, PurchaseKind.AUTO_TOPUP: LotSource.AUTO_TOPUP}
 
@@ -145,10 +150,17 @@ class PurchaseResult:
     purchase: CreditPurchase
     # For requires_action: what Stripe.js needs to run 3-D Secure in the browser.
     client_secret: str | None = None
+    # True when a request key had already started this purchase: nothing was charged again.
+    replayed: bool = False
 
 
 def purchase_start(
-    *, organization_id: int, pack_key: str, now: datetime, actor_id: int | None = None
+    *,
+    organization_id: int,
+    pack_key: str,
+    now: datetime,
+    actor_id: int | None = None,
+    request_key: str | None = None,
 ) -> PurchaseResult:
     """Buy a credit pack with the card on file.
 
@@ -156,28 +168,61 @@ def purchase_start(
     returned, and the webhook (or the sweep) grants. Declined: the purchase is failed with the
     card's reason, no credits. Stripe unreachable: PaymentProviderError, the purchase stays pending
     and the sweep settles it.
+
+    `request_key` (an API call's Idempotency-Key, unique per organization): a second call with the
+    same key charges nothing and returns that purchase as it is now (a key reused for another pack
+    is refused with 422).
     """
+    if request_key is not None:
+        replay = _purchase_for_request(organization_id, request_key, pack_key)
+        if replay is not None:
+            return replay
     pack = CreditPack.objects.filter(key=pack_key, is_active=True).first()
     if pack is None:
         raise NotFound(f"There is no credit pack {pack_key!r}.", code="pack_not_found")
     customer = StripeCustomer.objects.filter(organization_id=organization_id).first()
     if customer is None or not customer.has_card:
         raise Conflict("Add a card before buying credits.", code="card_required")
-    purchase = CreditPurchase.objects.create(
-        organization_id=organization_id,
-        pack=pack,
-        kind=PurchaseKind.PURCHASE,
-        credits=pack.credits,
-        amount=pack.price_amount,
-        currency=pack.currency,
-        payment_method_id=customer.default_payment_method_id,
-        card_brand=customer.card_brand,
-        card_last4=customer.card_last4,
-        actor_id=actor_id,
-        created_at=now,
-        updated_at=now,
-    )
+    try:
+        with transaction.atomic():
+            purchase = CreditPurchase.objects.create(
+                organization_id=organization_id,
+                pack=pack,
+                kind=PurchaseKind.PURCHASE,
+                credits=pack.credits,
+                amount=pack.price_amount,
+                currency=pack.currency,
+                payment_method_id=customer.default_payment_method_id,
+                card_brand=customer.card_brand,
+                card_last4=customer.card_last4,
+                actor_id=actor_id,
+                request_key=request_key,
+                created_at=now,
+                updated_at=now,
+            )
+    except IntegrityError:
+        # The same request key, at the same moment: the first call charges, this one reports it.
+        replay = _purchase_for_request(organization_id, request_key, pack_key) if request_key else None
+        if replay is None:
+            raise
+        return replay
     return purchase_charge(purchase=purchase, customer_id=customer.customer_id, now=now)
+
+
+def _purchase_for_request(organization_id: int, request_key: str, pack_key: str) -> PurchaseResult | None:
+    purchase = (
+        CreditPurchase.objects.select_related("pack")
+        .filter(organization_id=organization_id, request_key=request_key)
+        .first()
+    )
+    if purchase is None:
+        return None
+    if purchase.kind != PurchaseKind.PURCHASE or purchase.pack is None or purchase.pack.key != pack_key:
+        raise key_reused()
+    secret = None
+    if purchase.status == PurchaseStatus.REQUIRES_ACTION and purchase.payment_intent_id:
+        secret = gateway.payment_intent_retrieve(payment_intent=purchase.payment_intent_id).client_secret
+    return PurchaseResult(purchase=purchase, client_secret=secret, replayed=True)
 
 
 def purchase_charge(*, purchase: CreditPurchase, customer_id: str, now: datetime) -> PurchaseResult:
@@ -245,6 +290,7 @@ def purchase_settle(*, intent: gateway.Intent, now: datetime) -> CreditPurchase 
     purchase = _purchase_for(intent)
     if purchase is None:
         return None
+    before = purchase.status
     if purchase.payment_intent_id is None:
         purchase.payment_intent_id = intent.id
     if intent.card_last4:
@@ -268,22 +314,22 @@ def purchase_settle(*, intent: gateway.Intent, now: datetime) -> CreditPurchase 
             purchase.updated_at = now
             purchase.save()
             return purchase
-        expires_at = None
-        if purchase.pack is not None and purchase.pack.expires_after_days:
-            expires_at = now + timedelta(days=purchase.pack.expires_after_days)
-        lot = credits_grant(
-            organization_id=purchase.organization_id,
-            credits=purchase.credits,
-            now=now,
-            category=LotCategory.PAID,
-            source=_SOURCE_BY_KIND.get(PurchaseKind(purchase.kind), LotSource.PURCHASE),
-            reason=_grant_reason(purchase),
-            actor_id=purchase.actor_id,
-            expires_at=expires_at,
-            external_ref=intent.id,
-        )
+        if purchase.kind not in PLAN_KINDS:  # a plan period grants no credits
+            expires_at = None
+            if purchase.pack is not None and purchase.pack.expires_after_days:
+                expires_at = now + timedelta(days=purchase.pack.expires_after_days)
+            purchase.lot = credits_grant(
+                organization_id=purchase.organization_id,
+                credits=purchase.credits,
+                now=now,
+                category=LotCategory.PAID,
+                source=_SOURCE_BY_KIND.get(PurchaseKind(purchase.kind), LotSource.PURCHASE),
+                reason=_grant_reason(purchase),
+                actor_id=purchase.actor_id,
+                expires_at=expires_at,
+                external_ref=intent.id,
+            )
         purchase.status = PurchaseStatus.SUCCEEDED
-        purchase.lot = lot
         purchase.paid_at = now
         purchase.failure_code = purchase.failure_message = ""
     elif intent.status == "requires_action":
@@ -294,7 +340,24 @@ def purchase_settle(*, intent: gateway.Intent, now: datetime) -> CreditPurchase 
         purchase.status = PurchaseStatus.FAILED
     purchase.updated_at = now
     purchase.save()
+    _outcome_record(purchase, before, now)
     return purchase
+
+
+def _outcome_record(purchase: CreditPurchase, before: str, now: datetime) -> None:
+    """What else a purchase's kind does when it has just succeeded or failed (same transaction,
+    purchase row locked). Each transition happens once, under that lock, so this runs once."""
+    if purchase.status == before or purchase.status not in (PurchaseStatus.SUCCEEDED, PurchaseStatus.FAILED):
+        return
+    # Imported here: these modules charge through this one.
+    if purchase.kind == PurchaseKind.AUTO_TOPUP:
+        from billing.services.autotopup import auto_topup_outcome_record
+
+        auto_topup_outcome_record(purchase=purchase, now=now)
+    elif purchase.kind in PLAN_KINDS:
+        from billing.services.renewals import plan_payment_outcome_record
+
+        plan_payment_outcome_record(purchase=purchase, now=now)
 
 
 def _failure_reason(intent: gateway.Intent, purchase: CreditPurchase) -> tuple[str, str]:
@@ -309,7 +372,9 @@ def _failure_reason(intent: gateway.Intent, purchase: CreditPurchase) -> tuple[s
 
 
 def _grant_reason(purchase: CreditPurchase) -> str:
-    name = purchase.pack.name if purchase.pack is not None else purchase.get_kind_display()
+    # An auto top-up is priced at (and expires like) a pack, but is not that pack.
+    is_pack = purchase.pack is not None and purchase.kind == PurchaseKind.PURCHASE
+    name = purchase.pack.name if is_pack and purchase.pack is not None else purchase.get_kind_display()
     return f"{name} (purchase #{purchase.pk})"
 
 
@@ -319,6 +384,7 @@ def purchase_fail(
 ) -> CreditPurchase:
     """Mark an open purchase failed with a reason worded for the customer (a paid one stays paid)."""
     purchase = CreditPurchase.objects.select_for_update().get(pk=purchase_id)
+    before = purchase.status
     if payment_intent_id and purchase.payment_intent_id is None:
         purchase.payment_intent_id = payment_intent_id
     if purchase.status in CreditPurchase.OPEN_STATUSES:
@@ -327,6 +393,7 @@ def purchase_fail(
         purchase.failure_message = message[:500]
     purchase.updated_at = now
     purchase.save()
+    _outcome_record(purchase, before, now)
     return purchase
 
 
@@ -367,7 +434,21 @@ def purchases_reconcile(*, now: datetime, older_than: timedelta = RECONCILE_AFTE
         read += 1
         if intent is not None:
             settled = purchase_settle(intent=intent, now=now)
-            if settled is not None and settled.status in CreditPurchase.OPEN_STATUSES:
+            if (
+                settled is not None
+                and settled.status == PurchaseStatus.REQUIRES_ACTION
+                and purchase.created_at <= now - UNCONFIRMED_EXPIRE_AFTER
+            ):
+                # Not authenticated in time: the purchase fails, so that what waits on it (auto top-up,
+                # a renewal's retries) goes on. Authenticated later after all, it still grants.
+                purchase_fail(
+                    purchase_id=purchase.pk,
+                    code="authentication_not_completed",
+                    message="Your bank asked you to confirm this payment, and it was not confirmed. "
+                    "You were not charged.",
+                    now=now,
+                )
+            elif settled is not None and settled.status in CreditPurchase.OPEN_STATUSES:
                 CreditPurchase.objects.filter(pk=purchase.pk).update(updated_at=now)
         elif purchase.created_at <= now - ABANDON_UNKNOWN_AFTER:
             purchase_fail(
@@ -412,6 +493,35 @@ def purchase_refund_record(
         purchase.updated_at = now
         purchase.save(update_fields=["status", "updated_at"])
     return taken
+
+
+def purchase_unused_refund_amount(purchase: CreditPurchase) -> int:
+    """The money (minor units) for the credits of this purchase's lot that are still unused: pro rata,
+    rounded DOWN to a whole minor unit (cents, whole yen), so a refund never pays back more than
+    what is unused. 0 when nothing can be refunded (not paid, a plan period, a used-up lot)."""
+    if (
+        purchase.status != PurchaseStatus.SUCCEEDED
+        or purchase.kind in PLAN_KINDS
+        or purchase.lot is None
+        or purchase.payment_intent_id is None
+        or purchase.credits <= 0
+    ):
+        return 0
+    scale = 10**CREDIT_PLACES  # exact integer arithmetic on the stored scale
+    unused = int(purchase.lot.remaining * scale)
+    return min(purchase.amount * unused // int(purchase.credits * scale), purchase.amount)
+
+
+def purchase_refund_unused(*, purchase_id: int, now: datetime) -> tuple[int, Decimal]:
+    """Refund the unused part of a paid pack or top-up through Stripe and take those credits back.
+    Returns (minor units refunded, credits taken back). Outside any transaction (network)."""
+    purchase = CreditPurchase.objects.select_related("lot").filter(pk=purchase_id).first()
+    if purchase is None:
+        raise NotFound("There is no such purchase.", code="purchase_not_found")
+    amount = purchase_unused_refund_amount(purchase)
+    if amount <= 0:
+        raise Conflict("Nothing of this purchase is left to refund.", code="purchase_not_refundable")
+    return amount, purchase_refund(purchase_id=purchase.pk, amount=amount, now=now)
 
 
 def purchase_refund(*, purchase_id: int, amount: int | None = None, now: datetime) -> Decimal:

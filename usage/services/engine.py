@@ -13,11 +13,13 @@ from datetime import datetime
 from decimal import Decimal
 
 from django.conf import settings
-from django.db.models import Q
+from django.db.models import F, Q
 
 from billing.models import EntryKind, LedgerEntry
-from billing.services.book import CreditBook, credit_books_lock
+from billing.services.autotopup import auto_topup_enqueue_on_commit
+from billing.services.book import CreditBook, credit_books_lock, flush_books, load_open_lots
 from core.money import ZERO, format_decimal, round_credits
+from core.sql import db_datetime, placeholders, qn
 from plans.models import WindowKind
 from plans.periods import period_bounds
 from plans.selectors import AllowanceInfo, Catalogue, MeterInfo, PlanInfo, catalogue
@@ -34,6 +36,11 @@ class Slot:
     window: AllowanceWindow
     used_at_load: Decimal
     dirty: bool = False
+    used_in_db: Decimal | None = None  # what the row holds now, if it differs from used_at_load
+
+    @property
+    def written(self) -> Decimal:
+        return self.used_at_load if self.used_in_db is None else self.used_in_db
 
     @property
     def room(self) -> Decimal:
@@ -90,15 +97,14 @@ class Engine:
         self.states: dict[int, OrgState] = {}
         self.notices: list[Notice] = []
         self.expired_holds: list[Reservation] = []
+        self._looked_up: set[tuple[int, int]] = set()  # (organization, allowance) whose window was queried
         for org_id, book in self.books.items():
-            subscription = getattr(book.account.organization, "subscription", None)
-            plan = self.catalogue.plans_by_id.get(subscription.plan_id) if subscription else None
             self.states[org_id] = OrgState(
                 organization_id=org_id,
                 book=book,
-                plan=plan,
-                anchor=subscription.anchor if subscription else None,
-                tz=book.account.organization.timezone,
+                plan=self.catalogue.plans_by_id.get(book.plan_id) if book.plan_id else None,
+                anchor=book.anchor,
+                tz=book.timezone,
                 balance_at_load=book.account.balance,
             )
         self._release_expired_holds()
@@ -117,13 +123,18 @@ class Engine:
             if st is None or st.plan is None:
                 continue
             for allowance in self.catalogue.allowances_for(st.plan.id, meter_id):
-                if allowance.id not in st.current:
+                if allowance.id not in st.current and (org_id, allowance.id) not in self._looked_up:
                     wanted[org_id] = st
                     allowance_ids.add(allowance.id)
+                    self._looked_up.add((org_id, allowance.id))
         if not allowance_ids:
             return
-        rows = AllowanceWindow.objects.filter(
-            organization_id__in=list(wanted), allowance_id__in=list(allowance_ids), start__lte=self.now, end__gt=self.now
+        orgs, allowances = list(wanted), list(allowance_ids)
+        rows = AllowanceWindow.objects.raw(
+            "SELECT * FROM usage_allowancewindow"
+            f" WHERE organization_id IN ({placeholders(len(orgs))}) AND allowance_id IN ({placeholders(len(allowances))})"
+            f" AND start <= %s AND {qn('end')} > %s",
+            [*orgs, *allowances, db_datetime(self.now), db_datetime(self.now)],
         )
         for window in rows:
             st = wanted[window.organization_id]
@@ -145,7 +156,7 @@ class Engine:
         if st.plan is None:
             return []
         allowances = self.catalogue.allowances_for(st.plan.id, meter.id)
-        if any(a.id not in st.current for a in allowances):
+        if any(a.id not in st.current and (st.organization_id, a.id) not in self._looked_up for a in allowances):
             self.preload({(st.organization_id, meter.id)})
         slots = []
         for allowance in allowances:
@@ -193,6 +204,8 @@ class Engine:
         if blocked:
             can = ZERO  # the plan never draws credits for this meter
         else:
+            if not st.book.lots_loaded:
+                load_open_lots([state.book for state in self.states.values()])  # one query for the batch
             available = st.book.available()
             can = min(cost, available)
             cap_room = st.book.cap_room()
@@ -323,19 +336,30 @@ class Engine:
     # Writing ------------------------------------------------------------------------------
 
     def flush_windows(self) -> None:
-        new, changed = [], []
+        new: list[AllowanceWindow] = []
+        changed: list[tuple[AllowanceWindow, Decimal]] = []
         for st in self.states.values():
             for slot in st.slots.values():
                 if not slot.dirty:
                     continue
-                (changed if slot.window.pk is not None else new).append(slot.window)
+                if slot.window.pk is None:
+                    new.append(slot.window)
+                else:
+                    changed.append((slot.window, slot.written))
+                slot.used_in_db = slot.window.used
                 slot.dirty = False
         if new:
             # Under the account lock nobody else can open these windows; ON CONFLICT would only
             # hide a bug, so a clash raises.
             AllowanceWindow.objects.bulk_create(new)
-        if changed:
-            AllowanceWindow.objects.bulk_update(changed, ["used"])
+        # Every window of a meter moves by the same amount per event, so grouping by change
+        # gives one plain UPDATE per distinct change (usually one) instead of a CASE per row.
+        by_delta: dict[Decimal, list[int]] = {}
+        for window, written in changed:
+            if window.used != written:
+                by_delta.setdefault(window.used - written, []).append(window.pk)
+        for delta, ids in by_delta.items():
+            AllowanceWindow.objects.filter(pk__in=ids).update(used=F("used") + delta)
 
     def flush(self) -> None:
         """Write windows, expired holds, lots, ledger, accounts and notices. Call once, last."""
@@ -345,7 +369,10 @@ class Engine:
         self.flush_windows()
         if self.expired_holds:
             Reservation.objects.bulk_update(self.expired_holds, ["status", "settled_at"])
+        flush_books([st.book for st in self.states.values()])
         for st in self.states.values():
-            st.book.flush()
+            account = st.book.account  # loaded with the lock: no query to read the settings
+            if account.auto_topup_enabled and st.balance_at_load >= account.auto_topup_min_balance > st.book.balance:
+                auto_topup_enqueue_on_commit(st.organization_id)  # crossed the minimum; the task dedupes
         if self.notices:
             Notice.objects.bulk_create(self.notices, ignore_conflicts=True)

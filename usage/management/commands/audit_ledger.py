@@ -26,7 +26,5 @@ class Command(BaseCommand):
         for line in report.lines():
             self.stdout.write(line)
         if not report.ok:
-            raise CommandError(
-                f"ledger BROKEN: {len(report.problems)} of {report.organizations_checked} organizations"
-            )
+            raise CommandError(f"ledger BROKEN: {len(report.problems)} of {report.organizations_checked} organizations")
         self.stdout.write(f"ledger OK: {report.organizations_checked} organizations")
