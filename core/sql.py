@@ -65,3 +65,46 @@ def update_rows(table: str, columns: list[tuple[str, str]], rows: list[list[Any]
         else:
             sets = ", ".join(f"{qn(name)} = %s" for name, _ in columns)
             cursor.executemany(f"UPDATE {qn(table)} SET {sets} WHERE id = %s", [[*row[1:], row[0]] for row in rows])
+
+
+_converters: dict[tuple[str, str, tuple[str, ...]], list[tuple[int, list[Any], Any]]] = {}
+
+
+def fetch_instances(model: type[Any], sql: str, params: list[Any], *, extra: int = 0) -> list[Any]:
+    """Run `sql` (selecting every concrete column of `model`, in field order, then `extra` more
+    columns) and build model instances, like Model.objects.raw() but with the column-to-field
+    mapping and the backend's converters worked out once per model instead of on every call.
+    The extra columns are returned as a tuple on `instance._extra`."""
+    fields = model._meta.concrete_fields
+    key = (connection.vendor, model._meta.label, tuple(f.attname for f in fields))
+    converters = _converters.get(key)
+    if converters is None:
+        converters = []
+        for index, field in enumerate(fields):
+            col = field.get_col(model._meta.db_table)  # converters take the expression, as in raw()
+            functions = connection.ops.get_db_converters(col) + col.get_db_converters(connection)
+            if functions:
+                converters.append((index, functions, col))
+        _converters[key] = converters
+    names = [f.attname for f in fields]
+    count = len(fields)
+    result = []
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        for row in cursor.fetchall():
+            values = list(row[:count])
+            for index, functions, field in converters:
+                value = values[index]
+                for convert in functions:
+                    value = convert(value, field, connection)
+                values[index] = value
+            instance = model.from_db(connection.alias, names, values)
+            instance._extra = tuple(row[count : count + extra]) if extra else ()
+            result.append(instance)
+    return result
+
+
+def columns_of(model: type[Any], alias: str = "") -> str:
+    """The model's concrete columns in field order (what fetch_instances expects), optionally prefixed."""
+    prefix = f"{alias}." if alias else ""
+    return ", ".join(f"{prefix}{qn(f.column)}" for f in model._meta.concrete_fields)

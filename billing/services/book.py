@@ -19,7 +19,15 @@ from django.db.models import Case, F, IntegerField, Value, When
 
 from billing.models import CreditAccount, CreditLot, EntryKind, LedgerEntry, LotCategory
 from core.money import ZERO
-from core.sql import db_datetime, for_no_key_update, from_db_datetime, placeholders, qn, update_rows
+from core.sql import (
+    columns_of,
+    db_datetime,
+    fetch_instances,
+    for_no_key_update,
+    from_db_datetime,
+    placeholders,
+    update_rows,
+)
 from plans.periods import month_start
 
 # The draw order of ARCHITECTURE.md: priority, soonest expiry, promotional before paid, oldest, id.
@@ -42,7 +50,7 @@ def credit_books_lock(organization_ids: Iterable[int], *, now: datetime, lock: b
     if not ids:
         return {}
     sql = (
-        f"SELECT {_ACCOUNT_COLUMNS}, s.plan_id AS sub_plan_id, s.anchor AS sub_anchor, o.timezone AS org_timezone"
+        f"SELECT {columns_of(CreditAccount, 'a')}, s.plan_id, s.anchor, o.timezone"
         " FROM billing_creditaccount a"
         " JOIN accounts_organization o ON o.id = a.organization_id"
         " LEFT JOIN plans_subscription s ON s.organization_id = a.organization_id"
@@ -51,10 +59,8 @@ def credit_books_lock(organization_ids: Iterable[int], *, now: datetime, lock: b
     )
     if lock:
         sql += for_no_key_update(of="a")
-    return {account.organization_id: CreditBook(account, now=now, locked=lock) for account in CreditAccount.objects.raw(sql, ids)}
-
-
-_ACCOUNT_COLUMNS = ", ".join(f"a.{qn(f.column)}" for f in CreditAccount._meta.concrete_fields if f.column)
+    accounts = fetch_instances(CreditAccount, sql, ids, extra=3)
+    return {account.organization_id: CreditBook(account, now=now, locked=lock) for account in accounts}
 
 
 class CreditBook:
@@ -63,9 +69,10 @@ class CreditBook:
         self.now = now
         self.locked = locked
         # Read with the lock (credit_books_lock): the subscription's plan and anchor, the org's zone.
-        self.plan_id: int | None = getattr(account, "sub_plan_id", None)
-        self.anchor: datetime | None = from_db_datetime(getattr(account, "sub_anchor", None))
-        self.timezone: str = getattr(account, "org_timezone", None) or "UTC"
+        plan_id, anchor, timezone = getattr(account, "_extra", None) or (None, None, None)
+        self.plan_id: int | None = plan_id
+        self.anchor: datetime | None = from_db_datetime(anchor)
+        self.timezone: str = timezone or "UTC"
         self.balance: Decimal = account.balance
         self._lots: list[CreditLot] | None = None
         self._dirty: dict[int, CreditLot] = {}
@@ -101,9 +108,7 @@ class CreditBook:
             else:
                 # Sorted here rather than by DRAW_ORDER in SQL: an organization has few open lots,
                 # and the ordering expressions cost more to compile than the sort.
-                self._lots = sorted(
-                    CreditLot.objects.raw(_OPEN_LOTS_SQL, [self.organization_id]), key=_draw_key
-                )
+                self._lots = sorted(fetch_instances(CreditLot, _OPEN_LOTS_SQL, [self.organization_id]), key=_draw_key)
         return self._lots
 
     @property
@@ -111,7 +116,9 @@ class CreditBook:
         return self._lots is not None
 
     def _drawable(self, lot: CreditLot) -> bool:
-        return lot.remaining > 0 and lot.effective_at <= self.now and (lot.expires_at is None or lot.expires_at > self.now)
+        return (
+            lot.remaining > 0 and lot.effective_at <= self.now and (lot.expires_at is None or lot.expires_at > self.now)
+        )
 
     def available(self) -> Decimal:
         """Credits that can be drawn now (effective, unexpired)."""
@@ -126,7 +133,9 @@ class CreditBook:
 
     # Writes (in memory until flush) --------------------------------------------------------
 
-    def _entry(self, lot: CreditLot, kind: str, amount: Decimal, reference: str, reason: str = "", actor_id: int | None = None) -> LedgerEntry:
+    def _entry(
+        self, lot: CreditLot, kind: str, amount: Decimal, reference: str, reason: str = "", actor_id: int | None = None
+    ) -> LedgerEntry:
         self.balance += amount
         entry = LedgerEntry(
             organization_id=self.organization_id,
@@ -202,7 +211,13 @@ class CreditBook:
             self._account_dirty = True
 
     def add_lot(
-        self, lot: CreditLot, *, reference: str, reason: str = "", actor_id: int | None = None, kind: str = EntryKind.GRANT
+        self,
+        lot: CreditLot,
+        *,
+        reference: str,
+        reason: str = "",
+        actor_id: int | None = None,
+        kind: str = EntryKind.GRANT,
     ) -> None:
         """A new lot (already saved) and its GRANT (or ADJUST) entry."""
         self._new_lots.append(lot)
@@ -210,7 +225,9 @@ class CreditBook:
             self._lots.append(lot)
             self._lots.sort(key=_draw_key)
         self._entry(lot, kind, lot.granted, reference, reason, actor_id)
-        if lot.expires_at is not None and (self.account.next_lot_expiry is None or lot.expires_at < self.account.next_lot_expiry):
+        if lot.expires_at is not None and (
+            self.account.next_lot_expiry is None or lot.expires_at < self.account.next_lot_expiry
+        ):
             self.account.next_lot_expiry = lot.expires_at
         self._account_dirty = True
 
@@ -283,10 +300,18 @@ def flush_books(books: Iterable[CreditBook]) -> None:
         a = book.account
         if book._account_dirty or book.balance != a.balance:
             a.balance = book.balance
-            account_rows.append([
-                a.pk, a.balance, connection.ops.adapt_datefield_value(a.spend_month), a.spend_month_total,
-                _dt(a.next_lot_expiry), _dt(a.next_hold_expiry), a.monthly_spend_cap, db_datetime(book.now),
-            ])
+            account_rows.append(
+                [
+                    a.pk,
+                    a.balance,
+                    connection.ops.adapt_datefield_value(a.spend_month),
+                    a.spend_month_total,
+                    _dt(a.next_lot_expiry),
+                    _dt(a.next_hold_expiry),
+                    a.monthly_spend_cap,
+                    db_datetime(book.now),
+                ]
+            )
             book._account_dirty = False
     update_rows("billing_creditlot", [("remaining", "numeric")], lot_rows)
     if entries:
@@ -295,7 +320,7 @@ def flush_books(books: Iterable[CreditBook]) -> None:
 
 
 _NO_EXPIRY = datetime.max.replace(tzinfo=UTC)
-_OPEN_LOTS_SQL = "SELECT * FROM billing_creditlot WHERE organization_id = %s AND remaining > 0"
+_OPEN_LOTS_SQL = f"SELECT {columns_of(CreditLot)} FROM billing_creditlot WHERE organization_id = %s AND remaining > 0"
 # The columns the book owns; auto top-up settings on the same row are written elsewhere.
 _ACCOUNT_COLUMNS_WRITTEN = [
     ("balance", "numeric"),
@@ -323,8 +348,11 @@ def load_open_lots(books: Iterable[CreditBook]) -> None:
         return
     found: dict[int, list[CreditLot]] = {org_id: [] for org_id in pending}
     ids = list(pending)
-    for lot in CreditLot.objects.raw(
-        f"SELECT * FROM billing_creditlot WHERE organization_id IN ({placeholders(len(ids))}) AND remaining > 0", ids
+    for lot in fetch_instances(
+        CreditLot,
+        f"SELECT {columns_of(CreditLot)} FROM billing_creditlot"
+        f" WHERE organization_id IN ({placeholders(len(ids))}) AND remaining > 0",
+        ids,
     ):
         found[lot.organization_id].append(lot)
     for org_id, book in pending.items():

@@ -13,13 +13,14 @@ from datetime import datetime
 from decimal import Decimal
 
 from django.conf import settings
-from django.db.models import F, Q
+from django.db import connection
+from django.db.models import Q
 
 from billing.models import EntryKind, LedgerEntry
 from billing.services.autotopup import auto_topup_enqueue_on_commit
 from billing.services.book import CreditBook, credit_books_lock, flush_books, load_open_lots
 from core.money import ZERO, format_decimal, round_credits
-from core.sql import db_datetime, placeholders, qn
+from core.sql import columns_of, db_datetime, fetch_instances, placeholders, qn
 from plans.models import WindowKind
 from plans.periods import period_bounds
 from plans.selectors import AllowanceInfo, Catalogue, MeterInfo, PlanInfo, catalogue
@@ -130,9 +131,11 @@ class Engine:
         if not allowance_ids:
             return
         orgs, allowances = list(wanted), list(allowance_ids)
-        rows = AllowanceWindow.objects.raw(
-            "SELECT * FROM usage_allowancewindow"
-            f" WHERE organization_id IN ({placeholders(len(orgs))}) AND allowance_id IN ({placeholders(len(allowances))})"
+        rows = fetch_instances(
+            AllowanceWindow,
+            f"SELECT {columns_of(AllowanceWindow)} FROM usage_allowancewindow"
+            f" WHERE organization_id IN ({placeholders(len(orgs))})"
+            f" AND allowance_id IN ({placeholders(len(allowances))})"
             f" AND start <= %s AND {qn('end')} > %s",
             [*orgs, *allowances, db_datetime(self.now), db_datetime(self.now)],
         )
@@ -174,8 +177,12 @@ class Engine:
             assert st.anchor is not None and st.plan is not None
             start, end = period_bounds(anchor=st.anchor, at=self.now, months=st.plan.period_months, tz=st.tz)
         window = AllowanceWindow(
-            organization_id=st.organization_id, allowance_id=allowance.id, start=start, end=end,
-            limit=allowance.limit, used=ZERO,
+            organization_id=st.organization_id,
+            allowance_id=allowance.id,
+            start=start,
+            end=end,
+            limit=allowance.limit,
+            used=ZERO,
         )
         slot = Slot(allowance=allowance, window=window, used_at_load=ZERO)
         st.slots[(allowance.id, start)] = slot
@@ -222,7 +229,9 @@ class Engine:
         ev.allowed, ev.reason = False, "limit_reached"
         return ev
 
-    def apply(self, st: OrgState, ev: Evaluation, *, kind: str = EntryKind.CONSUME) -> tuple[list[tuple[int, Decimal]], list[LedgerEntry]]:
+    def apply(
+        self, st: OrgState, ev: Evaluation, *, kind: str = EntryKind.CONSUME
+    ) -> tuple[list[tuple[int, Decimal]], list[LedgerEntry]]:
         """Take what `ev` says: allowance from every window, credits from lots. Returns the lots
         drawn and their (unsaved) ledger entries, whose reference the caller fills in."""
         if ev.from_allowance > 0:
@@ -275,7 +284,8 @@ class Engine:
 
     def _release_expired_holds(self) -> None:
         due = [
-            st for st in self.states.values()
+            st
+            for st in self.states.values()
             if st.book.account.next_hold_expiry is not None and st.book.account.next_hold_expiry <= self.now
         ]
         if not due:
@@ -311,27 +321,42 @@ class Engine:
                 for pct in THRESHOLDS:
                     mark = w.limit * pct / 100
                     if slot.used_at_load < mark <= w.used:
-                        self.notices.append(Notice(
-                            organization_id=st.organization_id,
-                            kind=NoticeKind.WINDOW_THRESHOLD,
-                            dedupe_key=f"{slot.allowance.id}:{w.start.isoformat()}:{pct}",
-                            payload={
-                                "percent": pct, "meter_id": slot.allowance.meter_id, "window": slot.allowance.label,
-                                "limit": format_decimal(w.limit), "resets_at": w.end.isoformat(),
-                            },
-                            created_at=self.now,
-                        ))
+                        self.notices.append(
+                            Notice(
+                                organization_id=st.organization_id,
+                                kind=NoticeKind.WINDOW_THRESHOLD,
+                                dedupe_key=f"{slot.allowance.id}:{w.start.isoformat()}:{pct}",
+                                payload={
+                                    "percent": pct,
+                                    "meter_id": slot.allowance.meter_id,
+                                    "window": slot.allowance.label,
+                                    "limit": format_decimal(w.limit),
+                                    "resets_at": w.end.isoformat(),
+                                },
+                                created_at=self.now,
+                            )
+                        )
             before, after = st.balance_at_load, st.book.balance
             if before > 0 and after == 0:
-                self.notices.append(Notice(
-                    organization_id=st.organization_id, kind=NoticeKind.CREDITS_DEPLETED, dedupe_key=day,
-                    payload={"balance": "0"}, created_at=self.now,
-                ))
+                self.notices.append(
+                    Notice(
+                        organization_id=st.organization_id,
+                        kind=NoticeKind.CREDITS_DEPLETED,
+                        dedupe_key=day,
+                        payload={"balance": "0"},
+                        created_at=self.now,
+                    )
+                )
             elif before >= low > after:
-                self.notices.append(Notice(
-                    organization_id=st.organization_id, kind=NoticeKind.CREDITS_LOW, dedupe_key=day,
-                    payload={"balance": format_decimal(after), "threshold": format_decimal(low)}, created_at=self.now,
-                ))
+                self.notices.append(
+                    Notice(
+                        organization_id=st.organization_id,
+                        kind=NoticeKind.CREDITS_LOW,
+                        dedupe_key=day,
+                        payload={"balance": format_decimal(after), "threshold": format_decimal(low)},
+                        created_at=self.now,
+                    )
+                )
 
     # Writing ------------------------------------------------------------------------------
 
@@ -359,7 +384,11 @@ class Engine:
             if window.used != written:
                 by_delta.setdefault(window.used - written, []).append(window.pk)
         for delta, ids in by_delta.items():
-            AllowanceWindow.objects.filter(pk__in=ids).update(used=F("used") + delta)
+            with connection.cursor() as cursor:
+                cursor.execute(
+                    f"UPDATE usage_allowancewindow SET used = used + %s WHERE id IN ({placeholders(len(ids))})",
+                    [delta, *ids],
+                )
 
     def flush(self) -> None:
         """Write windows, expired holds, lots, ledger, accounts and notices. Call once, last."""

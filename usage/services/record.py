@@ -16,7 +16,7 @@ from decimal import Decimal
 from typing import Any
 
 from django.conf import settings
-from django.db import transaction
+from django.db import connection, transaction
 
 from accounts.models import Role
 from accounts.selectors import membership_role
@@ -134,6 +134,32 @@ def denial(engine: Engine, st: OrgState, ev: Evaluation, *, user_id: int | None,
     return {"error": error, "decision": Decision.DENIED, **decision_fields(st, ev, drawn=[])}
 
 
+@dataclass(frozen=True, slots=True)
+class StoredEvent:
+    id: int
+    request_hash: str
+    http_status: int
+    response: dict[str, Any]
+
+
+def stored_events(*, organization_ids: list[int], keys: list[str]) -> dict[tuple[int, str], StoredEvent]:
+    """The usage events already recorded under these keys (one statement; on the hot path)."""
+    if not organization_ids or not keys:
+        return {}
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT id, organization_id, idempotency_key, request_hash, http_status, response FROM usage_usageevent"
+            f" WHERE organization_id IN ({placeholders(len(organization_ids))}) AND kind = %s"
+            f" AND idempotency_key IN ({placeholders(len(keys))})",
+            [*organization_ids, EventKind.USAGE.value, *keys],
+        )
+        rows = cursor.fetchall()
+    return {
+        (org_id, key): StoredEvent(pk, digest, status, json.loads(body) if isinstance(body, str | bytes) else body)
+        for pk, org_id, key, digest, status, body in rows
+    }
+
+
 def _next_month(now: datetime) -> datetime:
     start = month_start(now)
     return start.replace(year=start.year + 1, month=1) if start.month == 12 else start.replace(month=start.month + 1)
@@ -150,21 +176,7 @@ def usage_record_batch(*, items: list[UsageInput], now: datetime) -> list[Outcom
     with transaction.atomic():
         engine = Engine({item.organization_id for item in items}, now=now)
         catalogue = engine.catalogue
-        orgs, keys = list(engine.states), list({i.idempotency_key for i in items})
-        stored = (
-            {
-                (e.organization_id, e.idempotency_key): e
-                for e in UsageEvent.objects.raw(
-                    "SELECT id, organization_id, idempotency_key, request_hash, http_status, response"
-                    " FROM usage_usageevent"
-                    f" WHERE organization_id IN ({placeholders(len(orgs))}) AND kind = %s"
-                    f" AND idempotency_key IN ({placeholders(len(keys))})",
-                    [*orgs, EventKind.USAGE.value, *keys],
-                )
-            }
-            if orgs
-            else {}
-        )
+        stored = stored_events(organization_ids=list(engine.states), keys=list({i.idempotency_key for i in items}))
         engine.preload(
             {
                 (item.organization_id, meter.id)
@@ -188,7 +200,7 @@ def usage_record_batch(*, items: list[UsageInput], now: datetime) -> list[Outcom
                 if previous.request_hash != digest:
                     outcomes.append(key_reused())
                 else:
-                    outcomes.append(Outcome(previous.http_status, _with_id(previous.pk, previous.response), True))
+                    outcomes.append(Outcome(previous.http_status, _with_id(previous.id, previous.response), True))
                 continue
             if key in seen:
                 first_hash, first = seen[key]
