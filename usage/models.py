@@ -161,3 +161,39 @@ class Notice(models.Model):
 
     def __str__(self) -> str:
         return f"{self.kind} for {self.organization_id}"
+
+
+class DailyUsage(models.Model):
+    """Allowed usage of one meter by one organization on one day (in the organization's time zone).
+
+    A rollup of UsageEvent, written only by usage.rollups (never on the usage hot path), so the
+    dashboard's charts read 30 rows instead of scanning events. It lags the events by a few minutes.
+    """
+
+    organization = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="daily_usage")
+    meter = models.ForeignKey(Meter, on_delete=models.CASCADE, related_name="daily_usage")
+    day = models.DateField()
+    quantity = CreditField(default=0)  # meter units of allowed events
+    from_allowance = CreditField(default=0)  # meter units covered by the plan
+    credits = CreditField(default=0)  # credits charged
+    events = models.PositiveIntegerField(default=0)  # allowed events
+    denied = models.PositiveIntegerField(default=0)  # denied events
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["organization", "meter", "day"], name="daily_usage_unique_day"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.organization_id}/{self.meter_id} {self.day}: {self.quantity}"
+
+
+class RollupCursor(models.Model):
+    """How far a rollup has read: every event with id <= last_event_id is counted exactly once."""
+
+    name = models.CharField(max_length=64, unique=True)
+    last_event_id = models.BigIntegerField(default=0)
+    updated_at = models.DateTimeField(null=True, blank=True)
+
+    def __str__(self) -> str:
+        return f"{self.name} at event {self.last_event_id}"

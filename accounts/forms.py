@@ -1,0 +1,136 @@
+"""Forms of the customer dashboard's account pages. They validate; services write."""
+
+from __future__ import annotations
+
+import unicodedata
+import zoneinfo
+from collections.abc import Iterator
+from typing import Any
+
+from django import forms
+from django.conf import settings
+from django.contrib.auth import password_validation
+from django.contrib.auth.forms import AuthenticationForm, PasswordResetForm
+from django.utils.translation import gettext_lazy as _
+
+from accounts.models import Role, User
+
+
+def _casefold(text: str) -> str:
+    return unicodedata.normalize("NFKC", text).casefold()
+
+
+TIMEZONES = sorted(zoneinfo.available_timezones())
+
+
+def timezone_valid(name: str) -> bool:
+    return name in TIMEZONES or name == "UTC"
+
+
+class EmailAuthenticationForm(AuthenticationForm):
+    """Log in with an email address (case-insensitive, as stored)."""
+
+    username = forms.EmailField(
+        label=_("Email address"),
+        max_length=254,
+        widget=forms.EmailInput(attrs={"autofocus": True, "autocomplete": "email"}),
+    )
+
+    def clean_username(self) -> str:
+        return str(self.cleaned_data["username"]).strip().lower()
+
+
+class SignupForm(forms.Form):
+    name = forms.CharField(
+        label=_("Your name"), max_length=150, required=False, widget=forms.TextInput(attrs={"autocomplete": "name"})
+    )
+    email = forms.EmailField(
+        label=_("Email address"), max_length=254, widget=forms.EmailInput(attrs={"autocomplete": "email"})
+    )
+    password = forms.CharField(
+        label=_("Password"),
+        strip=False,
+        max_length=128,
+        widget=forms.PasswordInput(attrs={"autocomplete": "new-password"}),
+        help_text=_("At least 8 characters; not only digits, and not a common password."),
+    )
+
+    def clean_email(self) -> str:
+        email = str(self.cleaned_data["email"]).strip().lower()
+        if User.objects.filter(email__iexact=email).exists():
+            raise forms.ValidationError(_("An account with this email address already exists. Log in instead."))
+        return email
+
+    def clean(self) -> dict[str, Any]:
+        data = super().clean() or {}
+        password = data.get("password")
+        if password:
+            try:
+                password_validation.validate_password(
+                    password, User(email=data.get("email", ""), name=data.get("name", ""))
+                )
+            except forms.ValidationError as error:
+                self.add_error("password", error)
+        return data
+
+
+class InviteAwarePasswordResetForm(PasswordResetForm):
+    """Django skips users without a usable password; invited people have none until they set one."""
+
+    def get_users(self, email: str) -> Iterator[Any]:
+        wanted = _casefold(email.strip())
+        # Compared again after Unicode folding, as Django does (CVE-2019-19844).
+        return (
+            u for u in User.objects.filter(email__iexact=email.strip(), is_active=True) if _casefold(u.email) == wanted
+        )
+
+
+class ProfileForm(forms.ModelForm):
+    timezone = forms.ChoiceField(label=_("Time zone"), choices=[(tz, tz) for tz in TIMEZONES])
+    language = forms.ChoiceField(label=_("Language"), choices=settings.LANGUAGES)
+
+    class Meta:
+        model = User
+        fields = ["name", "timezone", "language"]
+        labels = {"name": _("Your name")}
+
+
+class ApiKeyCreateForm(forms.Form):
+    name = forms.CharField(
+        label=_("Key name"),
+        max_length=100,
+        help_text=_("Where the key is used, e.g. “CI runner”."),
+    )
+
+    def clean_name(self) -> str:
+        name = str(self.cleaned_data["name"]).strip()
+        if not name:
+            raise forms.ValidationError(_("Give the key a name."))
+        return name
+
+
+def role_choices(actor_role: str) -> list[tuple[str, str]]:
+    """Roles an actor may hand out: owners any, admins admin or member."""
+    allowed = [Role.OWNER, Role.ADMIN, Role.MEMBER] if actor_role == Role.OWNER else [Role.ADMIN, Role.MEMBER]
+    return [(str(role.value), str(role.label)) for role in allowed]
+
+
+class InviteForm(forms.Form):
+    email = forms.EmailField(label=_("Email address"), max_length=254)
+    role = forms.ChoiceField(label=_("Role"))
+
+    def __init__(self, *args: Any, actor_role: str = Role.MEMBER, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.fields["role"].choices = role_choices(actor_role)  # type: ignore[attr-defined]
+        self.fields["role"].initial = Role.MEMBER
+
+    def clean_email(self) -> str:
+        return str(self.cleaned_data["email"]).strip().lower()
+
+
+class RoleForm(forms.Form):
+    role = forms.ChoiceField(label=_("Role"))
+
+    def __init__(self, *args: Any, actor_role: str = Role.MEMBER, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.fields["role"].choices = role_choices(actor_role)  # type: ignore[attr-defined]
