@@ -7,8 +7,10 @@ import secrets
 from datetime import datetime
 
 from django.db import transaction
+from django.utils.translation import gettext_lazy as _
 
 from accounts.models import ApiKey, Membership, Organization, Role, ServiceToken, User
+from core.errors import DomainError, NotFound
 
 API_KEY_PREFIX = "fck_"
 SERVICE_TOKEN_PREFIX = "fcs_"
@@ -71,3 +73,35 @@ def service_token_create(*, name: str, scope: str) -> tuple[ServiceToken, str]:
         name=name, scope=scope, prefix=secret[: len(SERVICE_TOKEN_PREFIX) + 6], token_hash=secret_hash(secret)
     )
     return token, secret
+
+
+def _locked_membership(*, organization: Organization, membership_id: int, actor_role: str) -> tuple[Membership, int]:
+    """The membership to change and how many owners there are, with the owners' rows locked so
+    two concurrent changes cannot both remove the last owner."""
+    owners = list(Membership.objects.select_for_update().filter(organization=organization, role=Role.OWNER))
+    target = Membership.objects.select_related("user").filter(pk=membership_id, organization=organization).first()
+    if target is None:
+        raise NotFound("There is no such member.", code="membership_not_found")
+    if actor_role != Role.OWNER and target.role == Role.OWNER:
+        raise DomainError(str(_("Only owners can change an owner.")), code="owner_only", status=403)
+    return target, len(owners)
+
+
+LAST_OWNER = _("An organization needs at least one owner. Make someone else an owner first.")
+
+
+@transaction.atomic
+def membership_change_role(*, organization: Organization, membership_id: int, role: str, actor_role: str) -> Membership:
+    target, owners = _locked_membership(organization=organization, membership_id=membership_id, actor_role=actor_role)
+    if target.role == Role.OWNER and role != Role.OWNER and owners <= 1:
+        raise DomainError(str(LAST_OWNER), code="last_owner")
+    return membership_set(organization=organization, user=target.user, role=role)
+
+
+@transaction.atomic
+def membership_remove(*, organization: Organization, membership_id: int, actor_role: str) -> Membership:
+    target, owners = _locked_membership(organization=organization, membership_id=membership_id, actor_role=actor_role)
+    if target.role == Role.OWNER and owners <= 1:
+        raise DomainError(str(LAST_OWNER), code="last_owner")
+    target.delete()
+    return target

@@ -19,11 +19,11 @@ from django.contrib.auth import login
 from django.contrib.auth.tokens import default_token_generator
 from django.core.exceptions import PermissionDenied
 from django.core.mail import send_mail
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError
 from django.db.models import Q
-from django.http import HttpRequest, HttpResponse, HttpResponseBadRequest, StreamingHttpResponse
+from django.http import Http404, HttpRequest, HttpResponse, HttpResponseBadRequest, StreamingHttpResponse
 from django.http.response import HttpResponseBase
-from django.shortcuts import get_object_or_404, redirect, render
+from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.utils.encoding import force_bytes
 from django.utils.http import urlsafe_base64_encode
@@ -32,11 +32,12 @@ from django.views.decorators.http import require_POST
 
 from accounts.forms import InviteForm, RoleForm, SignupForm
 from accounts.models import Membership, Role, User
-from accounts.services import membership_set
+from accounts.services import membership_change_role, membership_remove
 from accounts.views import SESSION_ORG, OrgContext, org_page, render_org
 from billing.selectors import packs_active
-from billing.services.provision import user_signup
+from billing.services.provision import member_invite, user_signup
 from core.clock import now as clock_now
+from core.errors import DomainError, NotFound
 from plans.periods import month_start
 from plans.selectors import catalogue
 from usage.charts import daily_chart
@@ -565,60 +566,56 @@ def team_invite(request: HttpRequest, ctx: OrgContext) -> HttpResponse:
     if not form.is_valid():
         return _team_page(request, ctx, invite=form, status=400)
     email, role = form.cleaned_data["email"], form.cleaned_data["role"]
-    with transaction.atomic():
-        user = User.objects.filter(email__iexact=email).first()
-        new_user = user is None
-        if user is None:
-            user, _personal = user_signup(email=email, password=None, now=clock_now())
-        if Membership.objects.filter(organization=ctx.organization, user=user).exists():
-            form.add_error("email", _("%(email)s is already a member.") % {"email": email})
-            return _team_page(request, ctx, invite=form, status=400)
-        membership_set(organization=ctx.organization, user=user, role=role)
+    try:
+        user, new_user = member_invite(organization=ctx.organization, email=email, role=role, now=clock_now())
+    except DomainError:
+        form.add_error("email", _("%(email)s is already a member.") % {"email": email})
+        return _team_page(request, ctx, invite=form, status=400)
     _invite_mail(request, ctx, user, new_user=new_user)
     messages.success(request, _("%(email)s is now a member. We sent them an email.") % {"email": email})
     return redirect("org_team", org_id=ctx.organization.pk)
 
 
-def _locked_target(ctx: OrgContext, membership_id: int) -> tuple[Membership, int]:
-    """The membership to change and the number of owners, with the owners' rows locked."""
-    owners = list(Membership.objects.select_for_update().filter(organization=ctx.organization, role=Role.OWNER))
-    target = get_object_or_404(
-        Membership.objects.select_related("user"), pk=membership_id, organization=ctx.organization
-    )
-    if ctx.role != Role.OWNER and target.role == Role.OWNER:
-        raise PermissionDenied(_("Only owners can change an owner."))
-    return target, len(owners)
-
-
 @require_POST
 @org_page(manage=True)
 def team_role(request: HttpRequest, ctx: OrgContext, membership_id: int) -> HttpResponse:
-    with transaction.atomic():
-        target, owners = _locked_target(ctx, membership_id)
-        form = RoleForm(request.POST, actor_role=ctx.role, prefix=f"m{target.pk}")
-        if not form.is_valid():
-            messages.error(request, _("Choose one of the roles offered."))
-        elif target.role == Role.OWNER and form.cleaned_data["role"] != Role.OWNER and owners <= 1:
-            messages.error(request, _("An organization needs at least one owner. Make someone else an owner first."))
-        else:
-            membership_set(organization=ctx.organization, user=target.user, role=form.cleaned_data["role"])
-            messages.success(
-                request,
-                _("%(email)s is now %(role)s.")
-                % {"email": target.user.email, "role": Role(form.cleaned_data["role"]).label},
-            )
+    form = RoleForm(request.POST, actor_role=ctx.role, prefix=f"m{membership_id}")
+    if not form.is_valid():
+        messages.error(request, _("Choose one of the roles offered."))
+        return redirect("org_team", org_id=ctx.organization.pk)
+    try:
+        target = membership_change_role(
+            organization=ctx.organization,
+            membership_id=membership_id,
+            role=form.cleaned_data["role"],
+            actor_role=ctx.role,
+        )
+    except NotFound:
+        raise Http404 from None
+    except DomainError as exc:
+        if exc.status == 403:
+            raise PermissionDenied(exc.message) from None
+        messages.error(request, exc.message)
+    else:
+        messages.success(
+            request,
+            _("%(email)s is now %(role)s.") % {"email": target.user.email, "role": Role(target.role).label},
+        )
     return redirect("org_team", org_id=ctx.organization.pk)
 
 
 @require_POST
 @org_page(manage=True)
 def team_remove(request: HttpRequest, ctx: OrgContext, membership_id: int) -> HttpResponse:
-    with transaction.atomic():
-        target, owners = _locked_target(ctx, membership_id)
-        if target.role == Role.OWNER and owners <= 1:
-            messages.error(request, _("An organization needs at least one owner. Make someone else an owner first."))
-            return redirect("org_team", org_id=ctx.organization.pk)
-        target.delete()
+    try:
+        target = membership_remove(organization=ctx.organization, membership_id=membership_id, actor_role=ctx.role)
+    except NotFound:
+        raise Http404 from None
+    except DomainError as exc:
+        if exc.status == 403:
+            raise PermissionDenied(exc.message) from None
+        messages.error(request, exc.message)
+        return redirect("org_team", org_id=ctx.organization.pk)
     messages.success(request, _("%(email)s was removed from the organization.") % {"email": target.user.email})
     if target.user_id == request.user.pk:
         return redirect("home")

@@ -9,8 +9,8 @@ from datetime import datetime
 
 from django.db import transaction
 
-from accounts.models import Organization, User
-from accounts.services import organization_create, user_create
+from accounts.models import Membership, Organization, User
+from accounts.services import membership_set, organization_create, user_create
 from billing.models import CreditAccount
 from billing.services.book import credit_books_lock
 from core.errors import DomainError, NotFound
@@ -70,3 +70,17 @@ def subscription_change(*, organization_id: int, plan_key: str, now: datetime) -
         raise NotFound("There is no such organization.", code="organization_not_found")
     organization = books[organization_id].account.organization
     return plan_services.subscription_change(organization=organization, plan_key=plan_key, now=now)
+
+
+@transaction.atomic
+def member_invite(*, organization: Organization, email: str, role: str, now: datetime) -> tuple[User, bool]:
+    """Add `email` to the organization with `role`; a new address gets a user without a password
+    (and their own personal organization). Returns the user and whether they are new."""
+    user = User.objects.filter(email__iexact=email).first()
+    new_user = user is None
+    if user is None:
+        user, _personal = user_signup(email=email, password=None, now=now)
+    elif Membership.objects.filter(organization=organization, user=user).exists():
+        raise DomainError(f"{email} is already a member.", code="already_member")
+    membership_set(organization=organization, user=user, role=role)
+    return user, new_user
