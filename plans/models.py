@@ -114,14 +114,19 @@ class PlanAllowance(models.Model):
 
     @property
     def window_label(self) -> str:
-        if self.window_kind == WindowKind.PERIOD:
-            return str(_("billing period"))
-        seconds = self.window_seconds or 0
-        if seconds % 86400 == 0:
-            return str(_("%(n)s days") % {"n": seconds // 86400}) if seconds != 86400 else str(_("1 day"))
-        if seconds % 3600 == 0:
-            return str(_("%(n)s hours") % {"n": seconds // 3600}) if seconds != 3600 else str(_("1 hour"))
-        return str(_("%(n)s minutes") % {"n": seconds // 60})
+        return window_label(self.window_kind, self.window_seconds)
+
+
+def window_label(kind: str, seconds: int | None) -> str:
+    """"5 hours", "7 days", "billing period", in the active language (called when shown, never cached)."""
+    if kind == WindowKind.PERIOD:
+        return str(_("billing period"))
+    seconds = seconds or 0
+    if seconds % 86400 == 0:
+        return str(_("%(n)s days") % {"n": seconds // 86400}) if seconds != 86400 else str(_("1 day"))
+    if seconds % 3600 == 0:
+        return str(_("%(n)s hours") % {"n": seconds // 3600}) if seconds != 3600 else str(_("1 hour"))
+    return str(_("%(n)s minutes") % {"n": seconds // 60})
 
 
 class SubscriptionStatus(models.TextChoices):

@@ -13,7 +13,7 @@ from datetime import timedelta
 from decimal import Decimal
 from threading import Lock
 
-from plans.models import Meter, Overage, Plan, PlanAllowance, Subscription
+from plans.models import Meter, Overage, Plan, PlanAllowance, Subscription, window_label
 
 CATALOGUE_CACHE_SECONDS = 10.0
 
@@ -37,11 +37,15 @@ class AllowanceInfo:
     limit: Decimal
     window_kind: str
     window_seconds: int | None
-    label: str
 
     @property
     def window_length(self) -> timedelta | None:
         return timedelta(seconds=self.window_seconds) if self.window_seconds else None
+
+    @property
+    def label(self) -> str:
+        """Translated on each use: the catalogue is cached across requests in several languages."""
+        return window_label(self.window_kind, self.window_seconds)
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,7 +120,6 @@ def _catalogue_load() -> Catalogue:
             limit=allowance.limit,
             window_kind=allowance.window_kind,
             window_seconds=allowance.window_seconds,
-            label=allowance.window_label,
         )
         cat.allowances_by_id[allowance.pk] = allowance_info
         grouped.setdefault((allowance.plan_id, allowance.meter_id), []).append(allowance_info)
