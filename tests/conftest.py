@@ -67,3 +67,9 @@ from tests.billing.stripe_fixtures import djstripe_endpoint, localstripe, locals
 def _plain_http(settings):
     """Tests speak plain HTTP to the test client and localstripe; production redirects to HTTPS."""
     settings.SECURE_SSL_REDIRECT = False
+
+
+@pytest.fixture(autouse=True)
+def _fast_passwords(settings):
+    """PBKDF2 costs about a second per user on this machine class; tests do not need it."""
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
