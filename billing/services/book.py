@@ -25,6 +25,7 @@ from core.sql import (
     fetch_instances,
     for_no_key_update,
     from_db_datetime,
+    insert_rows,
     placeholders,
     update_rows,
 )
@@ -314,13 +315,42 @@ def flush_books(books: Iterable[CreditBook]) -> None:
             )
             book._account_dirty = False
     update_rows("billing_creditlot", [("remaining", "numeric")], lot_rows)
-    if entries:
-        LedgerEntry.objects.bulk_create(entries)
+    ids = insert_rows(
+        "billing_ledgerentry",
+        _ENTRY_COLUMNS,
+        [
+            [
+                e.organization_id,
+                e.lot_id if e.lot_id is not None else e.lot.pk,
+                e.kind,
+                e.amount,
+                e.balance_after,
+                e.reference,
+                e.reason,
+                e.actor_id,
+                db_datetime(e.created_at),
+            ]
+            for e in entries
+        ],
+    )
+    for entry, pk in zip(entries, ids, strict=True):
+        entry.pk = pk
     update_rows("billing_creditaccount", _ACCOUNT_COLUMNS_WRITTEN, account_rows)
 
 
 _NO_EXPIRY = datetime.max.replace(tzinfo=UTC)
 _OPEN_LOTS_SQL = f"SELECT {columns_of(CreditLot)} FROM billing_creditlot WHERE organization_id = %s AND remaining > 0"
+_ENTRY_COLUMNS = [
+    ("organization_id", "bigint"),
+    ("lot_id", "bigint"),
+    ("kind", "varchar"),
+    ("amount", "numeric"),
+    ("balance_after", "numeric"),
+    ("reference", "varchar"),
+    ("reason", "varchar"),
+    ("actor_id", "bigint"),
+    ("created_at", "timestamptz"),
+]
 # The columns the book owns; auto top-up settings on the same row are written elsewhere.
 _ACCOUNT_COLUMNS_WRITTEN = [
     ("balance", "numeric"),

@@ -22,7 +22,7 @@ from accounts.models import Role
 from accounts.selectors import membership_role
 from billing.models import LedgerEntry
 from core.money import format_decimal
-from core.sql import placeholders
+from core.sql import db_datetime, insert_rows, placeholders
 from plans.periods import month_start
 from usage.messages import limit_reached_message, spend_cap_message
 from usage.models import Decision, EventKind, UsageEvent
@@ -132,6 +132,55 @@ def denial(engine: Engine, st: OrgState, ev: Evaluation, *, user_id: int | None,
         "role": role,
     }
     return {"error": error, "decision": Decision.DENIED, **decision_fields(st, ev, drawn=[])}
+
+
+_EVENT_COLUMNS = [
+    ("organization_id", "bigint"),
+    ("meter_id", "bigint"),
+    ("kind", "varchar"),
+    ("decision", "varchar"),
+    ("quantity", "numeric"),
+    ("from_allowance", "numeric"),
+    ("credits_charged", "numeric"),
+    ("idempotency_key", "varchar"),
+    ("request_hash", "varchar"),
+    ("http_status", "smallint"),
+    ("response", "jsonb"),
+    ("metadata", "jsonb"),
+    ("user_id", "bigint"),
+    ("occurred_at", "timestamptz"),
+    ("created_at", "timestamptz"),
+]
+
+
+def insert_events(events: list[UsageEvent]) -> None:
+    """Insert new usage events in one statement (see core.sql.insert_rows) and set their ids."""
+    ids = insert_rows(
+        "usage_usageevent",
+        _EVENT_COLUMNS,
+        [
+            [
+                e.organization_id,
+                e.meter_id,
+                e.kind,
+                e.decision,
+                e.quantity,
+                e.from_allowance,
+                e.credits_charged,
+                e.idempotency_key,
+                e.request_hash,
+                e.http_status,
+                json.dumps(e.response),
+                json.dumps(e.metadata),
+                e.user_id,
+                db_datetime(e.occurred_at),
+                db_datetime(e.created_at),
+            ]
+            for e in events
+        ],
+    )
+    for event, pk in zip(events, ids, strict=True):
+        event.pk = pk
 
 
 @dataclass(frozen=True, slots=True)
@@ -244,7 +293,7 @@ def usage_record_batch(*, items: list[UsageInput], now: datetime) -> list[Outcom
             pending.append((outcome, event, entries))
         # Write: windows and events first (events get ids), then ledger entries that name them.
         engine.flush_windows()
-        UsageEvent.objects.bulk_create([event for _, event, _ in pending])
+        insert_events([event for _, event, _ in pending])
         for outcome, event, entries in pending:
             for entry in entries:
                 entry.reference = f"usage:{event.pk}"
