@@ -12,7 +12,11 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def run_deploy_check(**overrides: str) -> subprocess.CompletedProcess[str]:
-    env = {key: value for key, value in os.environ.items() if not key.startswith(("STRIPE_", "SECRET_KEY", "DEBUG"))}
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith(("STRIPE_", "SECRET_KEY", "DEBUG", "DJANGO_ALLOW_ASYNC_UNSAFE"))
+    }
     env.update({"DJANGO_SETTINGS_MODULE": "config.settings", "ALLOWED_HOSTS": "example.com", "DEBUG": "0"})
     env.update(overrides)
     return subprocess.run(

@@ -268,6 +268,7 @@ API_PATHS = {
     "/api/v1/organizations/{organization_id}/grants": {"post"},
     "/api/v1/organizations/{organization_id}/subscription": {"put"},
     "/api/v1/organizations/{organization_id}/spend-cap": {"put"},
+    "/api/v1/organizations/{organization_id}/purchases": {"get", "post"},
     "/api/v1/keys/verify": {"post"},
 }
 
@@ -296,6 +297,7 @@ def test_schema_documents_bearer_auth_and_the_idempotency_header(schema):
         ("/api/v1/organizations/{organization_id}/grants", "post"),
         ("/api/v1/organizations/{organization_id}/subscription", "put"),
         ("/api/v1/organizations/{organization_id}/spend-cap", "put"),
+        ("/api/v1/organizations/{organization_id}/purchases", "post"),
     ]
     for path, method in mutating:
         operation = schema["paths"][path][method]
