@@ -44,7 +44,8 @@ class CreditAccount(models.Model):
         constraints = [
             models.CheckConstraint(condition=Q(balance__gte=0), name="account_balance_nonnegative"),
             models.CheckConstraint(
-                condition=Q(monthly_spend_cap__isnull=True) | Q(monthly_spend_cap__gte=0), name="account_cap_nonnegative"
+                condition=Q(monthly_spend_cap__isnull=True) | Q(monthly_spend_cap__gte=0),
+                name="account_cap_nonnegative",
             ),
             models.CheckConstraint(
                 condition=Q(auto_topup_enabled=False)
@@ -302,6 +303,13 @@ class CreditPurchase(models.Model):
     @property
     def idempotency_key(self) -> str:
         return f"purchase:{self.pk}"
+
+    @property
+    def card_words(self) -> str:
+        """ "visa ending in 4242" for emails and receipts."""
+        if self.card_last4:
+            return f"{self.card_brand or 'card'} ending in {self.card_last4}"
+        return "card on file"
 
 
 class BillingNoticeKind(models.TextChoices):

@@ -275,7 +275,7 @@ def auto_topup_outcome_record(*, purchase: CreditPurchase, now: datetime) -> Non
                 subject=f"Auto top-up: {format_decimal(purchase.credits)} credits for {money}",
                 body=(
                     f"Your balance fell below {format_decimal(account.auto_topup_min_balance)} credits, so we bought "
-                    f"{format_decimal(purchase.credits)} credits for {money} with your {_card(purchase)}.\n\n"
+                    f"{format_decimal(purchase.credits)} credits for {money} with your {purchase.card_words}.\n\n"
                     f"Monthly limit for automatic top-ups: "
                     f"{pricing.format_money(account.auto_topup_monthly_cap_amount or 0, purchase.currency)} "
                     f"{purchase.currency.upper()}. You can turn automatic top-up off on the Credits page."
@@ -321,12 +321,6 @@ def _failed(account: CreditAccount, now: datetime, *, reason: str, purchase: Cre
             now=now,
             purchase=purchase,
         )
-
-
-def _card(purchase: CreditPurchase) -> str:
-    if purchase.card_last4:
-        return f"{purchase.card_brand or 'card'} ending in {purchase.card_last4}"
-    return "card on file"
 
 
 # The sweep ---------------------------------------------------------------------------------------

@@ -284,7 +284,7 @@ def plan_payment_outcome_record(*, purchase: CreditPurchase, now: datetime) -> N
                 dedupe_key=f"purchase:{purchase.pk}:succeeded",
                 subject=f"Your {purchase.plan.name} plan is renewed",
                 body=(
-                    f"We charged {_money(purchase.amount, purchase.currency)} to your {_card_words(purchase)} "
+                    f"We charged {_money(purchase.amount, purchase.currency)} to your {purchase.card_words} "
                     f"for your {purchase.plan.name} plan, from {purchase.period_start:%Y-%m-%d} to "
                     f"{end:%Y-%m-%d} (UTC)."
                 ),
@@ -322,7 +322,7 @@ def _upgraded(subscription: Subscription, purchase: CreditPurchase, now: datetim
         dedupe_key=f"purchase:{purchase.pk}:succeeded",
         subject=f"Welcome to the {plan.name} plan",
         body=(
-            f"We charged {_money(purchase.amount, purchase.currency)} to your {_card_words(purchase)}. Your "
+            f"We charged {_money(purchase.amount, purchase.currency)} to your {purchase.card_words}. Your "
             f"{plan.name} plan runs from {now:%Y-%m-%d} to {subscription.paid_through:%Y-%m-%d} (UTC), and renews "
             "then with the card on file."
         ),
@@ -390,9 +390,3 @@ def _renewal_failed(
         now=now,
         purchase=purchase,
     )
-
-
-def _card_words(purchase: CreditPurchase) -> str:
-    if purchase.card_last4:
-        return f"{purchase.card_brand or 'card'} ending in {purchase.card_last4}"
-    return "card on file"
