@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from decimal import Decimal
+from functools import lru_cache
 from typing import Any
 
 from django.db import connection
@@ -16,7 +17,7 @@ from django.utils.dateparse import parse_datetime
 
 
 def qn(name: str) -> str:
-    return connection.ops.quote_name(name)
+    return f'"{name}"'  # PostgreSQL and SQLite quote identifiers alike
 
 
 def for_no_key_update(*, of: str) -> str:
@@ -105,10 +106,11 @@ def fetch_instances(model: type[Any], sql: str, params: list[Any], *, extra: int
     return result
 
 
+@lru_cache(maxsize=64)
 def columns_of(model: type[Any], alias: str = "") -> str:
     """The model's concrete columns in field order (what fetch_instances expects), optionally prefixed."""
     prefix = f"{alias}." if alias else ""
-    return ", ".join(f"{prefix}{qn(f.column)}" for f in model._meta.concrete_fields)
+    return ", ".join(f'{prefix}"{f.column}"' for f in model._meta.concrete_fields)
 
 
 def insert_rows(table: str, columns: list[tuple[str, str]], rows: list[list[Any]]) -> list[int]:

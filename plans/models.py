@@ -1,9 +1,11 @@
 from __future__ import annotations
 
 from datetime import timedelta
+from functools import lru_cache
 
 from django.db import models
 from django.db.models import Q
+from django.utils.translation import get_language
 from django.utils.translation import gettext_lazy as _
 
 from accounts.models import Organization
@@ -118,7 +120,13 @@ class PlanAllowance(models.Model):
 
 
 def window_label(kind: str, seconds: int | None) -> str:
-    """"5 hours", "7 days", "billing period", in the active language (called when shown, never cached)."""
+    """ "5 hours", "7 days", "billing period", in the active language."""
+    return _window_label(kind, seconds, get_language())
+
+
+@lru_cache(maxsize=512)
+def _window_label(kind: str, seconds: int | None, language: str | None) -> str:
+    # Cached per language: every usage answer names its windows, and gettext is not free.
     if kind == WindowKind.PERIOD:
         return str(_("billing period"))
     seconds = seconds or 0

@@ -7,7 +7,6 @@ from typing import Any
 
 from django.db.models import QuerySet
 
-from billing.selectors import lots_open
 from core.money import format_decimal
 from usage.models import UsageEvent
 from usage.services.engine import Engine
@@ -69,7 +68,8 @@ def entitlements(*, organization_id: int, now: datetime) -> dict[str, Any] | Non
                     "effective_at": lot.effective_at.isoformat(),
                     "expires_at": lot.expires_at.isoformat() if lot.expires_at else None,
                 }
-                for lot in lots_open(organization_id=organization_id, now=now)
+                for lot in book.lots()  # open lots in draw order, loaded once with the account
+                if lot.remaining > 0 and (lot.expires_at is None or lot.expires_at > now)
             ],
         },
     }

@@ -116,7 +116,7 @@ class CreditBook:
     def lots_loaded(self) -> bool:
         return self._lots is not None
 
-    def _drawable(self, lot: CreditLot) -> bool:
+    def drawable(self, lot: CreditLot) -> bool:
         return (
             lot.remaining > 0 and lot.effective_at <= self.now and (lot.expires_at is None or lot.expires_at > self.now)
         )
@@ -125,7 +125,7 @@ class CreditBook:
         """Credits that can be drawn now (effective, unexpired)."""
         if self.balance == 0:
             return ZERO
-        return sum((lot.remaining for lot in self.lots() if self._drawable(lot)), ZERO)
+        return sum((lot.remaining for lot in self.lots() if self.drawable(lot)), ZERO)
 
     def cap_room(self) -> Decimal | None:
         if self.spend_cap is None:
@@ -168,7 +168,7 @@ class CreditBook:
         for lot in self.lots():
             if left <= 0:
                 break
-            if not self._drawable(lot):
+            if not self.drawable(lot):
                 continue
             take = min(left, lot.remaining)
             lot.remaining -= take

@@ -222,6 +222,7 @@ def usage_record_batch(*, items: list[UsageInput], now: datetime) -> list[Outcom
     """Decide and record every item, in order, in one transaction. One outcome per item."""
     if not items:
         return []
+    digests = [request_hash(item) for item in items]  # before the lock: less work while it is held
     with transaction.atomic():
         engine = Engine({item.organization_id for item in items}, now=now)
         catalogue = engine.catalogue
@@ -237,12 +238,11 @@ def usage_record_batch(*, items: list[UsageInput], now: datetime) -> list[Outcom
         pending: list[tuple[Outcome, UsageEvent, list[LedgerEntry]]] = []
         seen: dict[tuple[int, str], tuple[str, Outcome]] = {}  # keys first used in this batch
         repeats: list[tuple[int, Outcome]] = []  # (index, first outcome) for a key repeated in the batch
-        for item in items:
+        for item, digest in zip(items, digests, strict=True):
             st = engine.state(item.organization_id)
             if st is None:
                 outcomes.append(not_found(item.organization_id))
                 continue
-            digest = request_hash(item)
             key = (item.organization_id, item.idempotency_key)
             previous = stored.get(key)
             if previous is not None:
