@@ -27,5 +27,6 @@ class IsServiceToken(BasePermission):
 def check_organization(request: Request, organization_id: int) -> None:
     """A customer key may touch only its own organization; others look absent (404), not forbidden."""
     principal: Any = request.auth  # accounts.authentication.Principal (core cannot import accounts)
-    if principal is None or not principal.may_access(organization_id):
+    too_large = organization_id > 2**63 - 1  # no such id can exist; the database would refuse it
+    if principal is None or too_large or not principal.may_access(organization_id):
         raise NotFound(f"There is no organization {organization_id}.", code="organization_not_found")
