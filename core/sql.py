@@ -146,3 +146,11 @@ def insert_rows(table: str, columns: list[tuple[str, str]], rows: list[list[Any]
 def _binary_params(cursor: Any) -> bool:
     """psycopg's %b placeholders need server-side binding (settings: DB_SERVER_SIDE_BINDING)."""
     return bool(connection.settings_dict.get("OPTIONS", {}).get("server_side_binding"))
+
+
+def in_list(column: str, values: list[Any]) -> tuple[str, list[Any]]:
+    """`column IN (...)` for many values: one array parameter on PostgreSQL (`= ANY(%s)`), so a
+    thousand ids cost one placeholder to parse and send; a placeholder each on SQLite."""
+    if connection.vendor == "postgresql":
+        return f"{column} = ANY(%s)", [list(values)]
+    return f"{column} IN ({placeholders(len(values))})", list(values)

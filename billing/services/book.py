@@ -25,8 +25,8 @@ from core.sql import (
     fetch_instances,
     for_no_key_update,
     from_db_datetime,
+    in_list,
     insert_rows,
-    placeholders,
     update_rows,
 )
 from plans.periods import month_start
@@ -50,17 +50,18 @@ def credit_books_lock(organization_ids: Iterable[int], *, now: datetime, lock: b
     ids = sorted(set(organization_ids))
     if not ids:
         return {}
+    where, params = in_list("a.organization_id", ids)
     sql = (
         f"SELECT {columns_of(CreditAccount, 'a')}, s.plan_id, s.anchor, o.timezone"
         " FROM billing_creditaccount a"
         " JOIN accounts_organization o ON o.id = a.organization_id"
         " LEFT JOIN plans_subscription s ON s.organization_id = a.organization_id"
-        f" WHERE a.organization_id IN ({placeholders(len(ids))})"
+        f" WHERE {where}"
         " ORDER BY a.organization_id"
     )
     if lock:
         sql += for_no_key_update(of="a")
-    accounts = fetch_instances(CreditAccount, sql, ids, extra=3)
+    accounts = fetch_instances(CreditAccount, sql, params, extra=3)
     return {account.organization_id: CreditBook(account, now=now, locked=lock) for account in accounts}
 
 
@@ -377,12 +378,9 @@ def load_open_lots(books: Iterable[CreditBook]) -> None:
     if not pending:
         return
     found: dict[int, list[CreditLot]] = {org_id: [] for org_id in pending}
-    ids = list(pending)
+    where, params = in_list("organization_id", list(pending))
     for lot in fetch_instances(
-        CreditLot,
-        f"SELECT {columns_of(CreditLot)} FROM billing_creditlot"
-        f" WHERE organization_id IN ({placeholders(len(ids))}) AND remaining > 0",
-        ids,
+        CreditLot, f"SELECT {columns_of(CreditLot)} FROM billing_creditlot WHERE {where} AND remaining > 0", params
     ):
         found[lot.organization_id].append(lot)
     for org_id, book in pending.items():

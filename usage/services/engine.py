@@ -20,7 +20,7 @@ from billing.models import EntryKind, LedgerEntry
 from billing.services.autotopup import auto_topup_enqueue_on_commit
 from billing.services.book import CreditBook, credit_books_lock, flush_books, load_open_lots
 from core.money import ZERO, format_decimal, round_credits
-from core.sql import columns_of, db_datetime, fetch_instances, placeholders, qn
+from core.sql import columns_of, db_datetime, fetch_instances, in_list, qn
 from plans.models import WindowKind
 from plans.periods import period_bounds
 from plans.selectors import AllowanceInfo, Catalogue, MeterInfo, PlanInfo, catalogue
@@ -130,14 +130,13 @@ class Engine:
                     self._looked_up.add((org_id, allowance.id))
         if not allowance_ids:
             return
-        orgs, allowances = list(wanted), list(allowance_ids)
+        by_org, org_params = in_list("organization_id", list(wanted))
+        by_allowance, allowance_params = in_list("allowance_id", list(allowance_ids))
         rows = fetch_instances(
             AllowanceWindow,
             f"SELECT {columns_of(AllowanceWindow)} FROM usage_allowancewindow"
-            f" WHERE organization_id IN ({placeholders(len(orgs))})"
-            f" AND allowance_id IN ({placeholders(len(allowances))})"
-            f" AND start <= %s AND {qn('end')} > %s",
-            [*orgs, *allowances, db_datetime(self.now), db_datetime(self.now)],
+            f" WHERE {by_org} AND {by_allowance} AND start <= %s AND {qn('end')} > %s",
+            [*org_params, *allowance_params, db_datetime(self.now), db_datetime(self.now)],
         )
         for window in rows:
             st = wanted[window.organization_id]
@@ -384,11 +383,9 @@ class Engine:
             if window.used != written:
                 by_delta.setdefault(window.used - written, []).append(window.pk)
         for delta, ids in by_delta.items():
+            where, params = in_list("id", ids)
             with connection.cursor() as cursor:
-                cursor.execute(
-                    f"UPDATE usage_allowancewindow SET used = used + %s WHERE id IN ({placeholders(len(ids))})",
-                    [delta, *ids],
-                )
+                cursor.execute(f"UPDATE usage_allowancewindow SET used = used + %s WHERE {where}", [delta, *params])
 
     def flush(self) -> None:
         """Write windows, expired holds, lots, ledger, accounts and notices. Call once, last."""

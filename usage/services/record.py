@@ -22,7 +22,7 @@ from accounts.models import Role
 from accounts.selectors import membership_role
 from billing.models import LedgerEntry
 from core.money import format_decimal
-from core.sql import db_datetime, insert_rows, placeholders
+from core.sql import db_datetime, in_list, insert_rows
 from plans.periods import month_start
 from usage.messages import limit_reached_message, spend_cap_message
 from usage.models import Decision, EventKind, UsageEvent
@@ -195,12 +195,13 @@ def stored_events(*, organization_ids: list[int], keys: list[str]) -> dict[tuple
     """The usage events already recorded under these keys (one statement; on the hot path)."""
     if not organization_ids or not keys:
         return {}
+    by_org, org_params = in_list("organization_id", organization_ids)
+    by_key, key_params = in_list("idempotency_key", keys)
     with connection.cursor() as cursor:
         cursor.execute(
             "SELECT id, organization_id, idempotency_key, request_hash, http_status, response FROM usage_usageevent"
-            f" WHERE organization_id IN ({placeholders(len(organization_ids))}) AND kind = %s"
-            f" AND idempotency_key IN ({placeholders(len(keys))})",
-            [*organization_ids, EventKind.USAGE.value, *keys],
+            f" WHERE {by_org} AND kind = %s AND {by_key}",
+            [*org_params, EventKind.USAGE.value, *key_params],
         )
         rows = cursor.fetchall()
     return {
