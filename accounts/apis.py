@@ -37,8 +37,11 @@ class KeyVerifyView(APIView):
     @extend_schema(
         operation_id="key_verify",
         request=inline_serializer("KeyVerify", {"key": serializers.CharField()}),
-        responses={200: inline_serializer("KeyVerified", {"organization": serializers.IntegerField(),
-                                                          "plan": serializers.CharField()})},
+        responses={
+            200: inline_serializer(
+                "KeyVerified", {"organization": serializers.IntegerField(), "plan": serializers.CharField()}
+            )
+        },
         summary="Which organization and plan a customer API key belongs to (404 if unknown or revoked)",
     )
     def post(self, request: Request) -> Response:
@@ -48,9 +51,11 @@ class KeyVerifyView(APIView):
         if key is None:
             raise NotFound("This key is unknown or revoked.", code="key_not_found")
         subscription = subscription_for(organization_id=key.organization_id)
-        return Response({
-            "organization": key.organization_id,
-            "organization_name": key.organization.name,
-            "key": {"id": key.pk, "name": key.name, "prefix": key.prefix},
-            "plan": subscription.plan.key if subscription else None,
-        })
+        return Response(
+            {
+                "organization": key.organization_id,
+                "organization_name": key.organization.name,
+                "key": {"id": key.pk, "name": key.name, "prefix": key.prefix},
+                "plan": subscription.plan.key if subscription else None,
+            }
+        )

@@ -59,10 +59,14 @@ class LedgerView(APIView):
     @extend_schema(
         operation_id="ledger_list",
         parameters=[
-            OpenApiParameter("before", int, description="Return entries with id below this (the previous page's `next`)"),
+            OpenApiParameter(
+                "before", int, description="Return entries with id below this (the previous page's `next`)"
+            ),
             OpenApiParameter("limit", int, description=f"Page size, at most {LEDGER_PAGE_MAX}"),
         ],
-        responses={200: inline_serializer("LedgerPage", {"data": serializers.ListField(), "next": serializers.IntegerField()})},
+        responses={
+            200: inline_serializer("LedgerPage", {"data": serializers.ListField(), "next": serializers.IntegerField()})
+        },
         summary="Ledger entries, newest first",
     )
     def get(self, request: Request, organization_id: int) -> Response:
@@ -79,10 +83,12 @@ class LedgerView(APIView):
             qs = qs.filter(pk__lt=before)
         rows = list(qs[: limit + 1])
         page = rows[:limit]
-        return Response({
-            "data": [entry_dict(e) for e in page],
-            "next": page[-1].pk if len(rows) > limit and page else None,
-        })
+        return Response(
+            {
+                "data": [entry_dict(e) for e in page],
+                "next": page[-1].pk if len(rows) > limit and page else None,
+            }
+        )
 
 
 class GrantView(APIView):
@@ -91,13 +97,16 @@ class GrantView(APIView):
     @extend_schema(
         operation_id="credits_grant",
         parameters=[IDEMPOTENCY_PARAM],
-        request=inline_serializer("GrantRequest", {
-            "credits": serializers.DecimalField(max_digits=20, decimal_places=4),
-            "reason": serializers.CharField(),
-            "expires_at": serializers.DateTimeField(required=False),
-            "priority": serializers.IntegerField(required=False),
-            "category": serializers.ChoiceField(LotCategory.values, required=False),
-        }),
+        request=inline_serializer(
+            "GrantRequest",
+            {
+                "credits": serializers.DecimalField(max_digits=20, decimal_places=4),
+                "reason": serializers.CharField(),
+                "expires_at": serializers.DateTimeField(required=False),
+                "priority": serializers.IntegerField(required=False),
+                "category": serializers.ChoiceField(LotCategory.values, required=False),
+            },
+        ),
         responses={201: inline_serializer("Lot", {"id": serializers.IntegerField()})},
         summary="Grant credits (admin)",
     )
@@ -117,8 +126,14 @@ class GrantView(APIView):
 
         def grant() -> tuple[int, dict[str, Any]]:
             lot = services.credits_grant(
-                organization_id=organization_id, credits=credits, now=now(), category=category, reason=reason,
-                expires_at=expires_at, priority=priority, external_ref=f"api:{key}",
+                organization_id=organization_id,
+                credits=credits,
+                now=now(),
+                category=category,
+                reason=reason,
+                expires_at=expires_at,
+                priority=priority,
+                external_ref=f"api:{key}",
             )
             return 201, lot_dict(lot)
 
@@ -131,11 +146,18 @@ class OrganizationCreateView(APIView):
     @extend_schema(
         operation_id="organization_create",
         parameters=[IDEMPOTENCY_PARAM],
-        request=inline_serializer("OrganizationCreate", {
-            "name": serializers.CharField(), "owner_email": serializers.EmailField(), "plan": serializers.CharField(required=False),
-            "timezone": serializers.CharField(required=False),
-        }),
-        responses={201: inline_serializer("Organization", {"id": serializers.IntegerField(), "name": serializers.CharField()})},
+        request=inline_serializer(
+            "OrganizationCreate",
+            {
+                "name": serializers.CharField(),
+                "owner_email": serializers.EmailField(),
+                "plan": serializers.CharField(required=False),
+                "timezone": serializers.CharField(required=False),
+            },
+        ),
+        responses={
+            201: inline_serializer("Organization", {"id": serializers.IntegerField(), "name": serializers.CharField()})
+        },
         summary="Provision an organization (admin)",
     )
     def post(self, request: Request) -> Response:
@@ -149,15 +171,21 @@ class OrganizationCreateView(APIView):
         try:
             serializers.EmailField().run_validation(email)
         except serializers.ValidationError:
-            raise DomainError("owner_email: must be an email address", code="validation_error", field="owner_email") from None
+            raise DomainError(
+                "owner_email: must be an email address", code="validation_error", field="owner_email"
+            ) from None
         _check_timezone(tz)
 
         def provision() -> tuple[int, dict[str, Any]]:
             org = services.organization_provision(name=name, owner_email=email, plan_key=plan, now=now(), timezone=tz)
             sub = org.subscription
             return 201, {
-                "id": org.pk, "name": org.name, "owner_email": email.lower(), "plan": sub.plan.key,
-                "timezone": org.timezone, "period_anchor": sub.anchor.isoformat(),
+                "id": org.pk,
+                "name": org.name,
+                "owner_email": email.lower(),
+                "plan": sub.plan.key,
+                "timezone": org.timezone,
+                "period_anchor": sub.anchor.isoformat(),
             }
 
         return once_response(scope="organizations.create", key=key, payload=data, operation=provision)
@@ -190,8 +218,12 @@ class SubscriptionView(APIView):
 
         def change() -> tuple[int, dict[str, Any]]:
             sub = services.subscription_change(organization_id=organization_id, plan_key=plan, now=now())
-            return 200, {"organization": organization_id, "plan": sub.plan.key, "status": sub.status,
-                         "period_anchor": sub.anchor.isoformat()}
+            return 200, {
+                "organization": organization_id,
+                "plan": sub.plan.key,
+                "status": sub.status,
+                "period_anchor": sub.anchor.isoformat(),
+            }
 
         return once_response(scope=f"subscription:{organization_id}", key=key, payload=data, operation=change)
 
@@ -203,7 +235,9 @@ class SpendCapView(APIView):
         operation_id="spend_cap_set",
         parameters=[IDEMPOTENCY_PARAM],
         request=inline_serializer("SpendCap", {"monthly_spend_cap": serializers.CharField(allow_null=True)}),
-        responses={200: inline_serializer("SpendCapSet", {"monthly_spend_cap": serializers.CharField(allow_null=True)})},
+        responses={
+            200: inline_serializer("SpendCapSet", {"monthly_spend_cap": serializers.CharField(allow_null=True)})
+        },
         summary="Set or clear the monthly credit spend cap (admin)",
     )
     def put(self, request: Request, organization_id: int) -> Response:
@@ -214,8 +248,10 @@ class SpendCapView(APIView):
         def set_cap() -> tuple[int, dict[str, Any]]:
             account = services.spend_cap_set(organization_id=organization_id, cap=cap, now=now())
             cap_value = account.monthly_spend_cap
-            return 200, {"organization": organization_id,
-                         "monthly_spend_cap": None if cap_value is None else format_decimal(cap_value)}
+            return 200, {
+                "organization": organization_id,
+                "monthly_spend_cap": None if cap_value is None else format_decimal(cap_value),
+            }
 
         # A late retry must not overwrite a newer cap: a replay answers from the record, it does not set again.
         return once_response(scope=f"spend-cap:{organization_id}", key=key, payload=data, operation=set_cap)

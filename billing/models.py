@@ -111,7 +111,7 @@ class CreditLot(models.Model):
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )
     # External id this lot was granted for (a payment intent, a grant key): one grant per payment.
-    external_ref = models.CharField(max_length=255, null=True, blank=True)
+    external_ref = models.CharField(max_length=255, null=True, blank=True)  # noqa: DJ001 - NULL: no ref, unique
     created_at = models.DateTimeField()
 
     class Meta:

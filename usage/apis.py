@@ -27,7 +27,9 @@ UsageRequestSchema = inline_serializer(
         "quantity": serializers.DecimalField(max_digits=20, decimal_places=4),
         "occurred_at": serializers.DateTimeField(required=False),
         "metadata": serializers.DictField(required=False),
-        "user": serializers.IntegerField(required=False, help_text="The acting user's id, to word a denial for their role"),
+        "user": serializers.IntegerField(
+            required=False, help_text="The acting user's id, to word a denial for their role"
+        ),
     },
 )
 DecisionSchema = inline_serializer(
@@ -71,9 +73,13 @@ def parse_usage(data: Any, *, key: str) -> UsageInput:
 
 class UsageView(APIView):
     @extend_schema(
-        operation_id="usage_record", request=UsageRequestSchema,
-        responses={201: DecisionSchema, 402: OpenApiResponse(ErrorSchema, description="limit_reached or spend_cap_reached"),
-                   422: ErrorSchema},
+        operation_id="usage_record",
+        request=UsageRequestSchema,
+        responses={
+            201: DecisionSchema,
+            402: OpenApiResponse(ErrorSchema, description="limit_reached or spend_cap_reached"),
+            422: ErrorSchema,
+        },
         parameters=[IDEMPOTENCY_PARAM],
         summary="Record usage: allowed (201) with who paid, or denied (402) with nothing consumed",
     )
@@ -87,8 +93,14 @@ class UsageView(APIView):
 class UsageBatchView(APIView):
     @extend_schema(
         operation_id="usage_record_batch",
-        request=inline_serializer("UsageBatchRequest", {"events": serializers.ListField(child=serializers.DictField())}),
-        responses={200: inline_serializer("UsageBatchResponse", {"results": serializers.ListField(child=serializers.DictField())})},
+        request=inline_serializer(
+            "UsageBatchRequest", {"events": serializers.ListField(child=serializers.DictField())}
+        ),
+        responses={
+            200: inline_serializer(
+                "UsageBatchResponse", {"results": serializers.ListField(child=serializers.DictField())}
+            )
+        },
         summary="Record up to 1,000 events, each with its own idempotency_key; one result per event, in order",
     )
     def post(self, request: Request) -> Response:
@@ -126,29 +138,44 @@ class UsageBatchView(APIView):
 
 class AuthorizeView(APIView):
     @extend_schema(
-        operation_id="usage_authorize", request=UsageRequestSchema,
+        operation_id="usage_authorize",
+        request=UsageRequestSchema,
         responses={200: inline_serializer("AuthorizeResponse", {"allowed": serializers.BooleanField()})},
         summary="Preflight: would this be allowed now, and from where? Consumes nothing",
     )
     def post(self, request: Request) -> Response:
         item = parse_usage(request.data, key="")
         check_organization(request, item.organization_id)
-        return respond(services.usage_authorize(
-            organization_id=item.organization_id, meter=item.meter, quantity=item.quantity, now=now(), user_id=item.user_id
-        ))
+        return respond(
+            services.usage_authorize(
+                organization_id=item.organization_id,
+                meter=item.meter,
+                quantity=item.quantity,
+                now=now(),
+                user_id=item.user_id,
+            )
+        )
 
 
 class ReservationCreateView(APIView):
     @extend_schema(
         operation_id="reservation_create",
-        request=inline_serializer("ReservationRequest", {
-            "organization": serializers.IntegerField(), "meter": serializers.CharField(),
-            "quantity": serializers.DecimalField(max_digits=20, decimal_places=4),
-            "ttl_seconds": serializers.IntegerField(required=False),
-        }),
+        request=inline_serializer(
+            "ReservationRequest",
+            {
+                "organization": serializers.IntegerField(),
+                "meter": serializers.CharField(),
+                "quantity": serializers.DecimalField(max_digits=20, decimal_places=4),
+                "ttl_seconds": serializers.IntegerField(required=False),
+            },
+        ),
         parameters=[IDEMPOTENCY_PARAM],
-        responses={201: inline_serializer("Reservation", {"id": serializers.IntegerField(), "status": serializers.CharField()}),
-                   402: ErrorSchema},
+        responses={
+            201: inline_serializer(
+                "Reservation", {"id": serializers.IntegerField(), "status": serializers.CharField()}
+            ),
+            402: ErrorSchema,
+        },
         summary="Hold allowance and credits for a long job",
     )
     def post(self, request: Request) -> Response:
@@ -157,7 +184,9 @@ class ReservationCreateView(APIView):
         ttl = get_int(request.data, "ttl_seconds", required=False)
         if ttl is not None and ttl > settings.RESERVATION_MAX_TTL_SECONDS:
             raise DomainError(
-                f"ttl_seconds: at most {settings.RESERVATION_MAX_TTL_SECONDS}", code="validation_error", field="ttl_seconds"
+                f"ttl_seconds: at most {settings.RESERVATION_MAX_TTL_SECONDS}",
+                code="validation_error",
+                field="ttl_seconds",
             )
         check_organization(request, item.organization_id)
         return respond(services.reservation_create(item=item, ttl_seconds=ttl, now=now()))
@@ -173,11 +202,18 @@ def _reservation_org(request: Request) -> int:
 class ReservationCommitView(APIView):
     @extend_schema(
         operation_id="reservation_commit",
-        request=inline_serializer("ReservationCommit", {
-            "organization": serializers.IntegerField(), "quantity": serializers.DecimalField(max_digits=20, decimal_places=4)
-        }),
+        request=inline_serializer(
+            "ReservationCommit",
+            {
+                "organization": serializers.IntegerField(),
+                "quantity": serializers.DecimalField(max_digits=20, decimal_places=4),
+            },
+        ),
         parameters=[IDEMPOTENCY_PARAM],
-        responses={200: inline_serializer("ReservationCommitted", {"id": serializers.IntegerField()}), 409: ErrorSchema},
+        responses={
+            200: inline_serializer("ReservationCommitted", {"id": serializers.IntegerField()}),
+            409: ErrorSchema,
+        },
         summary="Consume the actual amount; the rest of the hold is released",
     )
     def post(self, request: Request, reservation_id: int) -> Response:
@@ -185,9 +221,11 @@ class ReservationCommitView(APIView):
         organization = _reservation_org(request)
         quantity = get_decimal(require_object(request.data), "quantity", sign="nonnegative")
         assert quantity is not None
-        return respond(services.reservation_commit(
-            organization_id=organization, reservation_id=reservation_id, quantity=quantity, now=now()
-        ))
+        return respond(
+            services.reservation_commit(
+                organization_id=organization, reservation_id=reservation_id, quantity=quantity, now=now()
+            )
+        )
 
 
 class ReservationReleaseView(APIView):
@@ -201,14 +239,24 @@ class ReservationReleaseView(APIView):
     def post(self, request: Request, reservation_id: int) -> Response:
         idempotency_key(request)
         organization = _reservation_org(request)
-        return respond(services.reservation_release(organization_id=organization, reservation_id=reservation_id, now=now()))
+        return respond(
+            services.reservation_release(organization_id=organization, reservation_id=reservation_id, now=now())
+        )
 
 
 class EntitlementsView(APIView):
     @extend_schema(
         operation_id="entitlements",
-        responses={200: inline_serializer("Entitlements", {"plan": serializers.DictField(), "meters": serializers.ListField(),
-                                                             "credits": serializers.DictField()})},
+        responses={
+            200: inline_serializer(
+                "Entitlements",
+                {
+                    "plan": serializers.DictField(),
+                    "meters": serializers.ListField(),
+                    "credits": serializers.DictField(),
+                },
+            )
+        },
         summary="Plan, every meter's windows, credit balance and lots",
     )
     def get(self, request: Request, organization_id: int) -> Response:
@@ -217,4 +265,3 @@ class EntitlementsView(APIView):
         if data is None:
             raise NotFound(f"There is no organization {organization_id}.", code="organization_not_found")
         return Response(data)
-

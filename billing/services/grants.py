@@ -70,7 +70,9 @@ def credits_grant(
 
 
 @transaction.atomic
-def credits_adjust(*, organization_id: int, credits: Decimal, reason: str, actor_id: int | None, now: datetime) -> Decimal:
+def credits_adjust(
+    *, organization_id: int, credits: Decimal, reason: str, actor_id: int | None, now: datetime
+) -> Decimal:
     """A correction by an admin: positive adds a promotional lot, negative removes drawable credits.
 
     Returns the new balance. A reason is required; the actor is recorded on every entry.
@@ -82,7 +84,9 @@ def credits_adjust(*, organization_id: int, credits: Decimal, reason: str, actor
         raise DomainError("An adjustment of zero changes nothing.", code="invalid_credits")
     book = _book(organization_id, now)
     if credits > 0 and book.balance + credits >= MAX_CREDITS:
-        raise DomainError("This adjustment would take the balance past the largest amount we store.", code="invalid_credits")
+        raise DomainError(
+            "This adjustment would take the balance past the largest amount we store.", code="invalid_credits"
+        )
     if credits > 0:
         lot = CreditLot.objects.create(
             organization_id=organization_id,
@@ -130,4 +134,3 @@ def lots_expire_due(*, now: datetime) -> int:
             for book in books.values():
                 book.flush()
     return len(org_ids)
-

@@ -15,7 +15,9 @@ def test_allowance_then_credits_then_denied():
 
     def use(key: str, qty: str):
         return usage_record(
-            item=UsageInput(organization_id=org.pk, meter=allowance.meter.key, quantity=Decimal(qty), idempotency_key=key),
+            item=UsageInput(
+                organization_id=org.pk, meter=allowance.meter.key, quantity=Decimal(qty), idempotency_key=key
+            ),
             now=T0,
         )
 

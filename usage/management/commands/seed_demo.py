@@ -30,27 +30,45 @@ METERS = [
 ]
 PLANS = [
     # key, name, price (cents), default, allowances: (meter, limit, kind, seconds, overage)
-    ("free", "Free", 0, True, [
-        ("codex.local_task", "10", WindowKind.ROLLING, 5 * HOUR, "credits"),
-        ("codex.local_task", "40", WindowKind.ROLLING, 7 * DAY, "credits"),
-        ("codex.cloud_task", "2", WindowKind.ROLLING, 5 * HOUR, "credits"),
-        ("codex.cloud_task", "10", WindowKind.ROLLING, 7 * DAY, "credits"),
-        ("sora.video_second", "0", WindowKind.PERIOD, None, "block"),
-    ]),
-    ("plus", "Plus", 2000, False, [
-        ("codex.local_task", "45", WindowKind.ROLLING, 5 * HOUR, "credits"),
-        ("codex.local_task", "225", WindowKind.ROLLING, 7 * DAY, "credits"),
-        ("codex.cloud_task", "10", WindowKind.ROLLING, 5 * HOUR, "credits"),
-        ("codex.cloud_task", "50", WindowKind.ROLLING, 7 * DAY, "credits"),
-        ("sora.video_second", "600", WindowKind.PERIOD, None, "credits"),
-    ]),
-    ("pro", "Pro", 20000, False, [
-        ("codex.local_task", "300", WindowKind.ROLLING, 5 * HOUR, "credits"),
-        ("codex.local_task", "1500", WindowKind.ROLLING, 7 * DAY, "credits"),
-        ("codex.cloud_task", "60", WindowKind.ROLLING, 5 * HOUR, "credits"),
-        ("codex.cloud_task", "300", WindowKind.ROLLING, 7 * DAY, "credits"),
-        ("sora.video_second", "6000", WindowKind.PERIOD, None, "credits"),
-    ]),
+    (
+        "free",
+        "Free",
+        0,
+        True,
+        [
+            ("codex.local_task", "10", WindowKind.ROLLING, 5 * HOUR, "credits"),
+            ("codex.local_task", "40", WindowKind.ROLLING, 7 * DAY, "credits"),
+            ("codex.cloud_task", "2", WindowKind.ROLLING, 5 * HOUR, "credits"),
+            ("codex.cloud_task", "10", WindowKind.ROLLING, 7 * DAY, "credits"),
+            ("sora.video_second", "0", WindowKind.PERIOD, None, "block"),
+        ],
+    ),
+    (
+        "plus",
+        "Plus",
+        2000,
+        False,
+        [
+            ("codex.local_task", "45", WindowKind.ROLLING, 5 * HOUR, "credits"),
+            ("codex.local_task", "225", WindowKind.ROLLING, 7 * DAY, "credits"),
+            ("codex.cloud_task", "10", WindowKind.ROLLING, 5 * HOUR, "credits"),
+            ("codex.cloud_task", "50", WindowKind.ROLLING, 7 * DAY, "credits"),
+            ("sora.video_second", "600", WindowKind.PERIOD, None, "credits"),
+        ],
+    ),
+    (
+        "pro",
+        "Pro",
+        20000,
+        False,
+        [
+            ("codex.local_task", "300", WindowKind.ROLLING, 5 * HOUR, "credits"),
+            ("codex.local_task", "1500", WindowKind.ROLLING, 7 * DAY, "credits"),
+            ("codex.cloud_task", "60", WindowKind.ROLLING, 5 * HOUR, "credits"),
+            ("codex.cloud_task", "300", WindowKind.ROLLING, 7 * DAY, "credits"),
+            ("sora.video_second", "6000", WindowKind.PERIOD, None, "credits"),
+        ],
+    ),
 ]
 PACKS = [
     # key, name, credits, price minor units, currency
@@ -93,8 +111,12 @@ class Command(BaseCommand):
             subscription_change(organization_id=org.pk, plan_key="plus", now=at)
         if not CreditLot.objects.filter(organization=org, external_ref="demo:welcome").exists():
             credits_grant(
-                organization_id=org.pk, credits=Decimal("500"), now=at, category=LotCategory.PROMOTIONAL,
-                reason="Welcome credits", external_ref="demo:welcome",
+                organization_id=org.pk,
+                credits=Decimal("500"),
+                now=at,
+                category=LotCategory.PROMOTIONAL,
+                reason="Welcome credits",
+                external_ref="demo:welcome",
             )
         member = User.objects.filter(email="member@example.com").first()
         if member is None:
@@ -113,21 +135,41 @@ def seed_catalogue() -> None:
     for key, product, name, unit, plural, cpu in METERS:
         meters[key] = Meter.objects.update_or_create(
             key=key,
-            defaults={"product": products[product], "name": name, "unit": unit, "unit_plural": plural,
-                      "credits_per_unit": Decimal(cpu)},
+            defaults={
+                "product": products[product],
+                "name": name,
+                "unit": unit,
+                "unit_plural": plural,
+                "credits_per_unit": Decimal(cpu),
+            },
         )[0]
     for order, (key, name, price, default, allowances) in enumerate(PLANS):
         plan = Plan.objects.update_or_create(
-            key=key, defaults={"name": name, "price_amount": price, "currency": "usd", "is_default": default,
-                               "sort_order": order},
+            key=key,
+            defaults={
+                "name": name,
+                "price_amount": price,
+                "currency": "usd",
+                "is_default": default,
+                "sort_order": order,
+            },
         )[0]
         for meter_key, limit, kind, seconds, overage in allowances:
             PlanAllowance.objects.update_or_create(
-                plan=plan, meter=meters[meter_key], window_kind=kind, window_seconds=seconds,
+                plan=plan,
+                meter=meters[meter_key],
+                window_kind=kind,
+                window_seconds=seconds,
                 defaults={"limit": Decimal(limit), "overage": overage},
             )
     for order, (key, name, credits, price, currency) in enumerate(PACKS):
         CreditPack.objects.update_or_create(
-            key=key, defaults={"name": name, "credits": Decimal(credits), "price_amount": price, "currency": currency,
-                               "sort_order": order},
+            key=key,
+            defaults={
+                "name": name,
+                "credits": Decimal(credits),
+                "price_amount": price,
+                "currency": currency,
+                "sort_order": order,
+            },
         )
