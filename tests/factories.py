@@ -18,9 +18,15 @@ T0 = datetime(2026, 1, 15, 12, 0, tzinfo=UTC)
 class UserFactory(factory.django.DjangoModelFactory):
     class Meta:
         model = User
+        skip_postgeneration_save = True
 
     email = factory.Sequence(lambda n: f"user{n}@example.com")
-    password = factory.PostGenerationMethodCall("set_password", "pw-123456789")
+
+    @factory.post_generation
+    def password(self, create: bool, extracted: str | None, **kwargs: object) -> None:
+        self.set_password(extracted or "pw-123456789")
+        if create:
+            self.save(update_fields=["password"])
 
 
 class ProductFactory(factory.django.DjangoModelFactory):
