@@ -236,10 +236,11 @@ def test_notices_are_emailed_once_to_owners_and_admins(settings):
     # Then one email went to the active owners and admins
     [message] = mail.outbox
     assert sorted(message.to) == ["admin@example.com", "owner@example.com"]
-    assert message.subject == "You have used 50% of your billing period allowance"
+    assert message.subject == f"You have used 50% of your billing period allowance for {meter.name}"
     assert message.body == (
-        "You have used 50% of your billing period allowance\n\n"
-        f"limit: 10\nmeter_id: {meter.pk}\npercent: 50\nresets_at: {PERIOD_END}\nwindow: billing period"
+        f"Your organization has used 50% of its billing period allowance for {meter.name} (limit 10)."
+        " It resets at 2026-02-15 12:00 UTC.\n\n"
+        f"Past the allowance, usage is paid with credits. See your usage: {settings.PUBLIC_BASE_URL}/orgs/{org.pk}/"
     )
     assert message.from_email == settings.DEFAULT_FROM_EMAIL
     assert list(Notice.objects.filter(organization=org).values_list("sent_at", flat=True)) == [T0 + H]
@@ -261,12 +262,12 @@ def test_each_kind_of_notice_has_its_subject(settings):
     mail.outbox.clear()
     assert notices_send_pending(now=T0 + 5 * H) == 6
     assert [m.subject for m in mail.outbox] == [
-        "You have used 50% of your 5 hours allowance",
-        "You have used 80% of your 5 hours allowance",
-        "You have used 100% of your 5 hours allowance",
+        f"You have used 50% of your 5 hours allowance for {meter.name}",
+        f"You have used 80% of your 5 hours allowance for {meter.name}",
+        f"You have used 100% of your 5 hours allowance for {meter.name}",
         "Your credit balance is low (15 credits)",
         "You are out of credits",
-        "Your 5 hours allowance has reset",
+        f"Your 5 hours allowance for {meter.name} has reset",
     ]
 
 

@@ -4,19 +4,52 @@ from __future__ import annotations
 
 from datetime import datetime
 
+from django.conf import settings
 from django.core.mail import send_mail
 from django.db import transaction
 
 from accounts.models import Membership, Role
 from core.money import format_decimal
+from plans.selectors import catalogue
+from usage.messages import when
 from usage.models import AllowanceWindow, Notice, NoticeKind
 
-SUBJECTS = {
-    NoticeKind.WINDOW_THRESHOLD: "You have used {percent}% of your {window} allowance",
-    NoticeKind.ALLOWANCE_RESET: "Your {window} allowance has reset",
-    NoticeKind.CREDITS_LOW: "Your credit balance is low ({balance} credits)",
-    NoticeKind.CREDITS_DEPLETED: "You are out of credits",
-}
+
+def notice_text(notice: Notice) -> tuple[str, str]:
+    """Subject and body of a notice's email, in words (payload keys as stored by the engine and sweep)."""
+    p = notice.payload
+    meter = p.get("meter")
+    if meter is None and "meter_id" in p:
+        info = catalogue().meters_by_id.get(int(p["meter_id"]))
+        meter = info.name if info else ""
+    overview = f"{settings.PUBLIC_BASE_URL}/orgs/{notice.organization_id}/"
+    credits = f"{settings.PUBLIC_BASE_URL}/orgs/{notice.organization_id}/credits/"
+    if notice.kind == NoticeKind.WINDOW_THRESHOLD:
+        subject = f"You have used {p['percent']}% of your {p['window']} allowance for {meter}"
+        body = (
+            f"Your organization has used {p['percent']}% of its {p['window']} allowance for {meter} "
+            f"(limit {p['limit']}). It resets at {_when(p.get('resets_at'))}.\n\n"
+            f"Past the allowance, usage is paid with credits. See your usage: {overview}"
+        )
+    elif notice.kind == NoticeKind.ALLOWANCE_RESET:
+        subject = f"Your {p['window']} allowance for {meter} has reset"
+        body = (
+            f"Your {p['window']} allowance for {meter} reset at {_when(p.get('reset_at'))}: "
+            f"{p['limit']} available again.\n\n{overview}"
+        )
+    elif notice.kind == NoticeKind.CREDITS_LOW:
+        subject = f"Your credit balance is low ({p['balance']} credits)"
+        body = f"Your balance fell below {p['threshold']} credits. Buy credits or turn on auto top-up: {credits}"
+    else:
+        subject = "You are out of credits"
+        body = (
+            f"Your credit balance is 0. Usage beyond your plan's allowance is refused until you buy credits: {credits}"
+        )
+    return subject, body
+
+
+def _when(iso: str | None) -> str:
+    return when(datetime.fromisoformat(iso)) if iso else ""
 
 
 def windows_close_finished(*, now: datetime, limit: int = 5000) -> int:
@@ -83,10 +116,7 @@ def notices_send_pending(*, now: datetime, limit: int = 500) -> int:
         for notice in notices:
             to = recipients.get(notice.organization_id, [])
             if to:
-                subject = SUBJECTS[NoticeKind(notice.kind)].format(
-                    **{"percent": "", "window": "", "balance": "", **notice.payload}
-                )
-                body = subject + "\n\n" + "\n".join(f"{k}: {v}" for k, v in sorted(notice.payload.items()))
+                subject, body = notice_text(notice)
                 send_mail(subject, body, None, to, fail_silently=False)
                 sent += 1
             notice.sent_at = now
