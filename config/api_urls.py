@@ -1,9 +1,9 @@
 from django.conf import settings
 from django.urls import path
 
-from accounts.apis import KeyVerifyView
 from billing.apis import GrantView, LedgerView, OrganizationCreateView, PurchasesView, SpendCapView, SubscriptionView
 from core.bench import BenchBaselineView
+from plans.apis import KeyVerifyView
 from usage.apis import (
     AuthorizeView,
     EntitlementsView,

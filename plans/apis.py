@@ -1,3 +1,6 @@
+"""Key verification: accounts owns keys, but the answer names the plan, so the view lives here
+(imports point down: plans -> accounts)."""
+
 from __future__ import annotations
 
 from typing import Any
