@@ -54,19 +54,26 @@ def update_rows(table: str, columns: list[tuple[str, str]], rows: list[list[Any]
         return
     with connection.cursor() as cursor:
         if connection.vendor == "postgresql":
-            names = ["id", *(name for name, _ in columns)]
-            first = "(" + ", ".join(["%s::bigint", *(f"%s::{kind}" for _, kind in columns)]) + ")"
-            rest = "(" + placeholders(len(names)) + ")"
-            values = ", ".join([first, *[rest] * (len(rows) - 1)])
-            sets = ", ".join(f"{qn(name)} = v.{qn(name)}" for name, _ in columns)
-            cursor.execute(
-                f"UPDATE {qn(table)} AS t SET {sets} FROM (VALUES {values}) AS v({', '.join(qn(n) for n in names)})"
-                " WHERE t.id = v.id",
-                [value for row in rows for value in row],
-            )
+            cursor.execute(*_update_sql(table, columns, rows))
         else:
             sets = ", ".join(f"{qn(name)} = %s" for name, _ in columns)
             cursor.executemany(f"UPDATE {qn(table)} SET {sets} WHERE id = %s", [[*row[1:], row[0]] for row in rows])
+
+
+def _update_sql(table: str, columns: list[tuple[str, str]], rows: list[list[Any]]) -> tuple[str, list[Any]]:
+    names = ["id", *(name for name, _ in columns)]
+    first = "(" + ", ".join(["%s::bigint", *(f"%s::{kind}" for _, kind in columns)]) + ")"
+    rest = "(" + placeholders(len(names)) + ")"
+    values = ", ".join([first, *[rest] * (len(rows) - 1)])
+    sets = ", ".join(f"{qn(name)} = v.{qn(name)}" for name, _ in columns)
+    sql = (
+        f"UPDATE {qn(table)} AS t SET {sets} FROM (VALUES {values}) AS v({', '.join(qn(n) for n in names)})"
+        " WHERE t.id = v.id"
+    )
+    return sql, [value for row in rows for value in row]
+
+
+Update = tuple[str, list[tuple[str, str]], list[list[Any]]]  # (table, columns, rows) as update_rows takes
 
 
 _converters: dict[tuple[str, str, tuple[str, ...]], list[tuple[int, list[Any], Any]]] = {}
@@ -113,29 +120,51 @@ def columns_of(model: type[Any], alias: str = "") -> str:
     return ", ".join(f'{prefix}"{f.column}"' for f in model._meta.concrete_fields)
 
 
-def insert_rows(table: str, columns: list[tuple[str, str]], rows: list[list[Any]]) -> list[int]:
+def insert_rows(
+    table: str,
+    columns: list[tuple[str, str]],
+    rows: list[list[Any]],
+    *,
+    along: list[Update] = (),  # type: ignore[assignment]
+) -> list[int]:
     """INSERT many rows in one statement and return their ids, in order.
 
     For the hot path's event and ledger inserts. On PostgreSQL the values travel as one binary
     array per column (INSERT ... SELECT FROM UNNEST(%b, ...)): the ORM's bulk_create sends text
     arrays whose quoting, and a VALUES list's parsing, cost more than the insert itself.
-    columns: (name, PostgreSQL type); values must already be in database form (see db_datetime),
-    JSON as text.
+    `along`: updates (as update_rows takes them) of other rows to run in the same statement, as
+    data-modifying CTEs on PostgreSQL (one round trip instead of several while a lock is held;
+    they must not touch the same rows, since CTEs do not see each other's changes); separately
+    elsewhere. columns: (name, PostgreSQL type); values must already be in database form (see
+    db_datetime), JSON as text.
     """
+    along = [update for update in along if update[2]]
     if not rows:
+        for update in along:
+            update_rows(*update)
         return []
     names = ", ".join(qn(name) for name, _ in columns)
     with connection.cursor() as cursor:
         if connection.vendor == "postgresql" and _binary_params(cursor):
+            ctes: list[str] = []
+            params: list[Any] = []
+            for index, update in enumerate(along):
+                sql, update_params = _update_sql(*update)
+                ctes.append(f"u{index} AS ({sql} RETURNING 1)")
+                params.extend(update_params)
             arrays = ", ".join(f"%b::{'text' if kind == 'jsonb' else kind}[]" for _, kind in columns)
             select = ", ".join(f"{qn(name)}::jsonb" if kind == "jsonb" else qn(name) for name, kind in columns)
             sql = f"INSERT INTO {qn(table)} ({names}) SELECT {select} FROM UNNEST({arrays}) AS v({names}) RETURNING id"
+            if ctes:
+                sql = f"WITH {', '.join(ctes)} {sql}"
             arrays_of = [list(column) for column in zip(*rows, strict=True)]
             for (_, kind), values in zip(columns, arrays_of, strict=True):
                 if kind == "numeric":  # a binary array holds one Python type: 0 and Decimal("5") differ
                     values[:] = [None if v is None else Decimal(v) for v in values]
-            cursor.execute(sql, arrays_of)
+            cursor.execute(sql, [*params, *arrays_of])
         else:
+            for update in along:
+                update_rows(*update)
             casts = connection.vendor == "postgresql"
             one = "(" + ", ".join(f"%s::{kind}" if casts else "%s" for _, kind in columns) + ")"
             sql = f"INSERT INTO {qn(table)} ({names}) VALUES {', '.join([one] * len(rows))} RETURNING id"

@@ -27,7 +27,6 @@ from core.sql import (
     from_db_datetime,
     in_list,
     insert_rows,
-    update_rows,
 )
 from plans.periods import month_start
 
@@ -315,7 +314,7 @@ def flush_books(books: Iterable[CreditBook]) -> None:
                 ]
             )
             book._account_dirty = False
-    update_rows("billing_creditlot", [("remaining", "numeric")], lot_rows)
+    # One statement on PostgreSQL: the ledger insert carries the lot and account updates as CTEs.
     ids = insert_rows(
         "billing_ledgerentry",
         _ENTRY_COLUMNS,
@@ -333,10 +332,13 @@ def flush_books(books: Iterable[CreditBook]) -> None:
             ]
             for e in entries
         ],
+        along=[
+            ("billing_creditlot", [("remaining", "numeric")], lot_rows),
+            ("billing_creditaccount", _ACCOUNT_COLUMNS_WRITTEN, account_rows),
+        ],
     )
     for entry, pk in zip(entries, ids, strict=True):
         entry.pk = pk
-    update_rows("billing_creditaccount", _ACCOUNT_COLUMNS_WRITTEN, account_rows)
 
 
 _NO_EXPIRY = datetime.max.replace(tzinfo=UTC)
