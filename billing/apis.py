@@ -10,9 +10,10 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from billing import selectors, services
+from billing import selectors, services, stripe_gateway
 from billing.models import CreditLot, CreditPurchase, LotCategory, PurchaseStatus
 from billing.pricing import format_money
+from billing.services import purchases
 from billing.services.purchases import PurchaseResult, purchase_start
 from core.api import IDEMPOTENCY_PARAM, REPLAYED_HEADER, idempotency_key, once_response
 from core.clock import now
@@ -356,3 +357,114 @@ class PurchasesView(APIView):
             raise NotFound(f"There is no organization {organization_id}.", code="organization_not_found")
         result = purchase_start(organization_id=organization_id, pack_key=pack, now=now(), request_key=key)
         return purchase_response(result, organization_id)
+
+
+# Card on file (the dashboard's Stripe.js flow: setup -> confirmCardSetup -> set default) ---------
+
+
+def _organization_checked(request: Request, organization_id: int) -> None:
+    check_organization(request, organization_id)
+    if selectors.credit_account(organization_id=organization_id) is None:
+        raise NotFound(f"There is no organization {organization_id}.", code="organization_not_found")
+
+
+def card_dict(card: stripe_gateway.Card, default_id: str) -> dict[str, Any]:
+    return {
+        "id": card.id,
+        "brand": card.brand,
+        "last4": card.last4,
+        "exp_month": card.exp_month,
+        "exp_year": card.exp_year,
+        "default": card.id == default_id,
+    }
+
+
+CARD_SCHEMA = inline_serializer(
+    "Card",
+    {
+        "id": serializers.CharField(),
+        "brand": serializers.CharField(),
+        "last4": serializers.CharField(),
+        "exp_month": serializers.IntegerField(allow_null=True),
+        "exp_year": serializers.IntegerField(allow_null=True),
+        "default": serializers.BooleanField(),
+    },
+)
+
+
+class CardsView(APIView):
+    @extend_schema(
+        operation_id="cards_list",
+        responses={200: inline_serializer("CardList", {"data": serializers.ListField(child=CARD_SCHEMA)})},
+        summary="The organization's cards on file; `default` is the one purchases charge",
+    )
+    def get(self, request: Request, organization_id: int) -> Response:
+        _organization_checked(request, organization_id)
+        cards, default_id = purchases.cards_with_default(organization_id=organization_id)
+        return Response({"data": [card_dict(card, default_id) for card in cards]})
+
+
+class CardSetupView(APIView):
+    @extend_schema(
+        operation_id="card_setup",
+        parameters=[IDEMPOTENCY_PARAM],
+        request=None,
+        responses={
+            201: inline_serializer(
+                "CardSetup",
+                {
+                    "setup_intent": serializers.CharField(),
+                    "client_secret": serializers.CharField(),
+                    "publishable_key": serializers.CharField(),
+                },
+            )
+        },
+        summary="Start adding a card: a SetupIntent's client secret for Stripe.js confirmCardSetup",
+    )
+    def post(self, request: Request, organization_id: int) -> Response:
+        _organization_checked(request, organization_id)
+        key = idempotency_key(request)
+        # The customer first, outside the replay record's transaction: a failure after Stripe created it
+        # must not roll back our row of it.
+        purchases.stripe_customer_ensure(organization_id=organization_id, now=now())
+
+        def setup() -> tuple[int, dict[str, Any]]:
+            started = purchases.card_setup_start(organization_id=organization_id, now=now())
+            return 201, {
+                "setup_intent": started.setup_intent_id,
+                "client_secret": started.client_secret,
+                "publishable_key": stripe_gateway.publishable_key(),
+            }
+
+        return once_response(scope=f"cards.setup:{organization_id}", key=key, payload={}, operation=setup)
+
+
+class CardDefaultView(APIView):
+    @extend_schema(
+        operation_id="card_set_default",
+        parameters=[IDEMPOTENCY_PARAM],
+        request=None,
+        responses={200: CARD_SCHEMA},
+        summary="Make this card (confirmed with Stripe.js) the one purchases charge; repeating it changes nothing",
+    )
+    def post(self, request: Request, organization_id: int, payment_method_id: str) -> Response:
+        _organization_checked(request, organization_id)
+        idempotency_key(request)  # required on every POST; setting the same default again is harmless
+        customer = purchases.card_set_default(
+            organization_id=organization_id, payment_method_id=payment_method_id, now=now()
+        )
+        cards, default_id = purchases.cards_with_default(organization_id=organization_id)
+        card = next((c for c in cards if c.id == default_id), None)
+        if card is None:  # removed meanwhile by another call
+            card = stripe_gateway.Card(id=default_id, brand=customer.card_brand, last4=customer.card_last4)
+        return Response(card_dict(card, default_id))
+
+
+class CardDetailView(APIView):
+    @extend_schema(
+        operation_id="card_remove", request=None, responses={204: None}, summary="Remove a card from the organization"
+    )
+    def delete(self, request: Request, organization_id: int, payment_method_id: str) -> Response:
+        _organization_checked(request, organization_id)
+        purchases.card_remove(organization_id=organization_id, payment_method_id=payment_method_id, now=now())
+        return Response(status=204)

@@ -331,3 +331,18 @@ def refund_from_data(data: Any, *, payment_intent_id: str | None = None) -> Refu
         status=_get(data, "status", ""),
         payment_intent_id=intent or payment_intent_id,
     )
+
+
+def charge_payment_intent_id(*, charge: str) -> str | None:
+    """The payment intent a charge belongs to (None for a charge made without one)."""
+    try:
+        data = _client().v1.charges.retrieve(charge)
+    except stripe.StripeError as exc:
+        raise _translate(exc) from exc
+    intent = _get(data, "payment_intent")
+    return intent if isinstance(intent, str) or intent is None else _get(intent, "id")
+
+
+def publishable_key() -> str:
+    """The key Stripe.js in the browser uses (the counterpart of the secret key above)."""
+    return settings.STRIPE_LIVE_PUBLIC_KEY if settings.STRIPE_LIVE_MODE else settings.STRIPE_TEST_PUBLIC_KEY

@@ -11,6 +11,7 @@ from typing import Any
 from djstripe.event_handlers import djstripe_receiver
 
 from billing import stripe_gateway
+from billing.services.disputes import purchase_dispute_close, purchase_dispute_record
 from billing.services.purchases import purchase_refund_record, purchase_settle
 from core.clock import now
 
@@ -39,3 +40,36 @@ def charge_refunded(sender: Any, event: Any, **kwargs: Any) -> None:
             fully_refunded=fully,
             now=now(),
         )
+
+
+def _dispute_intent_id(dispute: Any) -> str | None:
+    """The disputed payment intent: on the dispute itself (recent API versions), else its charge's."""
+    intent = dispute.get("payment_intent")
+    if isinstance(intent, dict):
+        intent = intent.get("id")
+    if intent:
+        return str(intent)
+    charge = dispute.get("charge")
+    if isinstance(charge, dict):
+        intent = charge.get("payment_intent")
+        return str(intent.get("id") if isinstance(intent, dict) else intent) if intent else None
+    return stripe_gateway.charge_payment_intent_id(charge=charge) if charge else None
+
+
+@djstripe_receiver(["charge.dispute.created", "charge.dispute.funds_withdrawn"])
+def charge_dispute_opened(sender: Any, event: Any, **kwargs: Any) -> None:
+    """Take back the unused credits of a disputed purchase (once per dispute id)."""
+    dispute = event.data["object"]
+    intent_id = _dispute_intent_id(dispute)
+    if not intent_id:
+        return
+    purchase_dispute_record(
+        payment_intent_id=intent_id, dispute_id=dispute["id"], dispute_amount=int(dispute["amount"]), now=now()
+    )
+
+
+@djstripe_receiver(["charge.dispute.closed", "charge.dispute.funds_reinstated"])
+def charge_dispute_closed(sender: Any, event: Any, **kwargs: Any) -> None:
+    """A won dispute gives back what it took (once per dispute id); a lost one changes nothing."""
+    dispute = event.data["object"]
+    purchase_dispute_close(dispute_id=dispute["id"], status=str(dispute.get("status") or ""), now=now())

@@ -1,7 +1,18 @@
 from django.conf import settings
 from django.urls import path
 
-from billing.apis import GrantView, LedgerView, OrganizationCreateView, PurchasesView, SpendCapView, SubscriptionView
+from billing.apis import (
+    CardDefaultView,
+    CardDetailView,
+    CardSetupView,
+    CardsView,
+    GrantView,
+    LedgerView,
+    OrganizationCreateView,
+    PurchasesView,
+    SpendCapView,
+    SubscriptionView,
+)
 from core.bench import BenchBaselineView
 from plans.apis import KeyVerifyView
 from usage.apis import (
@@ -28,6 +39,14 @@ urlpatterns = [
     path("organizations/<int:organization_id>/subscription", SubscriptionView.as_view(), name="subscription"),
     path("organizations/<int:organization_id>/spend-cap", SpendCapView.as_view(), name="spend-cap"),
     path("organizations/<int:organization_id>/purchases", PurchasesView.as_view(), name="purchases"),
+    path("organizations/<int:organization_id>/cards", CardsView.as_view(), name="cards"),
+    path("organizations/<int:organization_id>/cards/setup", CardSetupView.as_view(), name="card-setup"),
+    path(
+        "organizations/<int:organization_id>/cards/<str:payment_method_id>/default",
+        CardDefaultView.as_view(),
+        name="card-default",
+    ),
+    path("organizations/<int:organization_id>/cards/<str:payment_method_id>", CardDetailView.as_view(), name="card"),
     path("keys/verify", KeyVerifyView.as_view(), name="keys-verify"),
 ]
 if settings.BENCH_ENDPOINTS:  # bench/: the baseline of `make bench`

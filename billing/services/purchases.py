@@ -39,6 +39,7 @@ from billing.services.book import credit_books_lock
 from billing.services.grants import credits_grant
 from core.errors import Conflict, DomainError, NotFound
 from core.idempotency import key_reused
+from core.models import IdempotencyRecord
 from core.money import CREDIT_PLACES, ZERO, round_credits
 
 logger = logging.getLogger(__name__)
@@ -121,10 +122,15 @@ def card_set_default(*, organization_id: int, payment_method_id: str, now: datet
 
 
 def cards_list(*, organization_id: int) -> list[gateway.Card]:
+    return cards_with_default(organization_id=organization_id)[0]
+
+
+def cards_with_default(*, organization_id: int) -> tuple[list[gateway.Card], str]:
+    """The cards on file and the id of the default one ("" when none)."""
     customer = StripeCustomer.objects.filter(organization_id=organization_id).first()
     if customer is None:
-        return []
-    return gateway.payment_method_list(customer=customer.customer_id)
+        return [], ""
+    return gateway.payment_method_list(customer=customer.customer_id), customer.default_payment_method_id
 
 
 def card_remove(*, organization_id: int, payment_method_id: str, now: datetime) -> StripeCustomer:
@@ -475,7 +481,21 @@ def purchase_refund_record(
     webhook may both report it, once counts. Returns the credits taken back (None: not ours).
     """
     purchase = CreditPurchase.objects.select_for_update().filter(payment_intent_id=payment_intent_id).first()
-    if purchase is None or purchase.lot_id is None:
+    if purchase is None:
+        return None
+    # The purchase's refund log (also for renewals and upgrades, which have no lot): purchase_refund
+    # counts it to give each refund attempt its own Stripe idempotency key.
+    IdempotencyRecord.objects.get_or_create(
+        scope=_refund_log_scope(purchase.pk),
+        key=refund_id,
+        defaults={"request_hash": "", "http_status": 200, "response": {"amount": refund_amount}},
+    )
+    if fully_refunded and purchase.status == PurchaseStatus.SUCCEEDED:
+        # Before the lot check: a refunded renewal or upgrade (no lot) shows refunded too.
+        purchase.status = PurchaseStatus.REFUNDED
+        purchase.updated_at = now
+        purchase.save(update_fields=["status", "updated_at"])
+    if purchase.lot_id is None:
         return None
     org_id = purchase.organization_id
     reference = f"refund:{refund_id}"
@@ -488,10 +508,6 @@ def purchase_refund_record(
         )
         taken = book.claw_back(lot, share, reference=reference, reason=f"Refund {refund_id} of purchase #{purchase.pk}")
         book.flush()
-    if fully_refunded and purchase.status == PurchaseStatus.SUCCEEDED:
-        purchase.status = PurchaseStatus.REFUNDED
-        purchase.updated_at = now
-        purchase.save(update_fields=["status", "updated_at"])
     return taken
 
 
@@ -524,6 +540,15 @@ def purchase_refund_unused(*, purchase_id: int, now: datetime) -> tuple[int, Dec
     return amount, purchase_refund(purchase_id=purchase.pk, amount=amount, now=now)
 
 
+def _refund_log_scope(purchase_id: int) -> str:
+    return f"refund:purchase:{purchase_id}"
+
+
+def _refunds_recorded(purchase: CreditPurchase) -> int:
+    """How many refunds of this purchase were recorded (ours, or seen in charge.refunded)."""
+    return IdempotencyRecord.objects.filter(scope=_refund_log_scope(purchase.pk)).count()
+
+
 def purchase_refund(*, purchase_id: int, amount: int | None = None, now: datetime) -> Decimal:
     """Refund a paid purchase through Stripe (all of it by default, in minor units) and take back
     the unused credits. Called outside any transaction (network)."""
@@ -533,10 +558,13 @@ def purchase_refund(*, purchase_id: int, amount: int | None = None, now: datetim
     amount = purchase.amount if amount is None else amount
     if not 0 < amount <= purchase.amount:
         raise DomainError("The refund must be more than zero and at most the amount paid.", code="invalid_amount")
+    # One key per refund attempt: a retried call (nothing recorded yet) resends the same key, while a
+    # second deliberate refund of the same amount comes after the first was recorded, so it is new.
+    done = _refunds_recorded(purchase)
     refund = gateway.refund_create(
         payment_intent=purchase.payment_intent_id,
         amount=amount,
-        idempotency_key=f"refund:purchase:{purchase.pk}:{amount}",
+        idempotency_key=f"refund:purchase:{purchase.pk}:{done}:{amount}",
         metadata={"purchase_id": str(purchase.pk)},
     )
     taken = purchase_refund_record(
@@ -547,3 +575,17 @@ def purchase_refund(*, purchase_id: int, amount: int | None = None, now: datetim
         now=now,
     )
     return taken or ZERO
+
+
+def purchase_refresh(*, organization_id: int, purchase_id: int, now: datetime) -> CreditPurchase:
+    """Settle an open purchase of this organization from its PaymentIntent as Stripe has it now
+    (after the browser completed 3-D Secure). A settled one is returned unchanged. Outside any
+    transaction (network)."""
+    purchase = CreditPurchase.objects.filter(pk=purchase_id, organization_id=organization_id).first()
+    if purchase is None or purchase.kind != PurchaseKind.PURCHASE:
+        raise NotFound("There is no such purchase.", code="purchase_not_found")
+    if purchase.status not in CreditPurchase.OPEN_STATUSES or not purchase.payment_intent_id:
+        return purchase
+    intent = gateway.payment_intent_retrieve(payment_intent=purchase.payment_intent_id)
+    settled = purchase_settle(intent=intent, now=now)
+    return settled if settled is not None else purchase

@@ -269,6 +269,10 @@ API_PATHS = {
     "/api/v1/organizations/{organization_id}/subscription": {"put"},
     "/api/v1/organizations/{organization_id}/spend-cap": {"put"},
     "/api/v1/organizations/{organization_id}/purchases": {"get", "post"},
+    "/api/v1/organizations/{organization_id}/cards": {"get"},
+    "/api/v1/organizations/{organization_id}/cards/setup": {"post"},
+    "/api/v1/organizations/{organization_id}/cards/{payment_method_id}": {"delete"},
+    "/api/v1/organizations/{organization_id}/cards/{payment_method_id}/default": {"post"},
     "/api/v1/keys/verify": {"post"},
 }
 
@@ -298,6 +302,8 @@ def test_schema_documents_bearer_auth_and_the_idempotency_header(schema):
         ("/api/v1/organizations/{organization_id}/subscription", "put"),
         ("/api/v1/organizations/{organization_id}/spend-cap", "put"),
         ("/api/v1/organizations/{organization_id}/purchases", "post"),
+        ("/api/v1/organizations/{organization_id}/cards/setup", "post"),
+        ("/api/v1/organizations/{organization_id}/cards/{payment_method_id}/default", "post"),
     ]
     for path, method in mutating:
         operation = schema["paths"][path][method]
