@@ -11,16 +11,16 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
+from typing import Any
 
 from django.conf import settings
-from django.db import connection
 from django.db.models import Q
 
 from billing.models import EntryKind, LedgerEntry
 from billing.services.autotopup import auto_topup_enqueue_on_commit
 from billing.services.book import CreditBook, credit_books_lock, flush_books, load_open_lots
 from core.money import ZERO, format_decimal, round_credits
-from core.sql import columns_of, db_datetime, fetch_instances, in_list, qn
+from core.sql import Update, columns_of, db_datetime, fetch_instances, in_list, qn, update_rows
 from plans.models import WindowKind
 from plans.periods import period_bounds
 from plans.selectors import AllowanceInfo, Catalogue, MeterInfo, PlanInfo, catalogue
@@ -359,33 +359,30 @@ class Engine:
 
     # Writing ------------------------------------------------------------------------------
 
-    def flush_windows(self) -> None:
+    def flush_windows(self, *, defer_updates: bool = False) -> Update | None:
+        """Write new windows now; set changed ones (absolute values: the lock is held), or with
+        defer_updates return that update for the caller to send along with its own statement."""
         new: list[AllowanceWindow] = []
-        changed: list[tuple[AllowanceWindow, Decimal]] = []
+        rows: list[list[Any]] = []
         for st in self.states.values():
             for slot in st.slots.values():
                 if not slot.dirty:
                     continue
                 if slot.window.pk is None:
                     new.append(slot.window)
-                else:
-                    changed.append((slot.window, slot.written))
+                elif slot.window.used != slot.written:
+                    rows.append([slot.window.pk, slot.window.used])
                 slot.used_in_db = slot.window.used
                 slot.dirty = False
         if new:
             # Under the account lock nobody else can open these windows; ON CONFLICT would only
             # hide a bug, so a clash raises.
             AllowanceWindow.objects.bulk_create(new)
-        # Every window of a meter moves by the same amount per event, so grouping by change
-        # gives one plain UPDATE per distinct change (usually one) instead of a CASE per row.
-        by_delta: dict[Decimal, list[int]] = {}
-        for window, written in changed:
-            if window.used != written:
-                by_delta.setdefault(window.used - written, []).append(window.pk)
-        for delta, ids in by_delta.items():
-            where, params = in_list("id", ids)
-            with connection.cursor() as cursor:
-                cursor.execute(f"UPDATE usage_allowancewindow SET used = used + %s WHERE {where}", [delta, *params])
+        update: Update = ("usage_allowancewindow", [("used", "numeric")], rows)
+        if defer_updates:
+            return update
+        update_rows(*update)
+        return None
 
     def flush(self) -> None:
         """Write windows, expired holds, lots, ledger, accounts and notices. Call once, last."""

@@ -22,7 +22,7 @@ from accounts.models import Role
 from accounts.selectors import membership_role
 from billing.models import LedgerEntry
 from core.money import format_decimal
-from core.sql import db_datetime, in_list, insert_rows
+from core.sql import Update, db_datetime, in_list, insert_rows
 from plans.periods import month_start
 from usage.messages import limit_reached_message, spend_cap_message
 from usage.models import Decision, EventKind, UsageEvent
@@ -153,8 +153,9 @@ _EVENT_COLUMNS = [
 ]
 
 
-def insert_events(events: list[UsageEvent]) -> None:
-    """Insert new usage events in one statement (see core.sql.insert_rows) and set their ids."""
+def insert_events(events: list[UsageEvent], *, along: list[Update]) -> None:
+    """Insert new usage events in one statement (see core.sql.insert_rows), with the window
+    updates riding along, and set the events' ids."""
     ids = insert_rows(
         "usage_usageevent",
         _EVENT_COLUMNS,
@@ -178,6 +179,7 @@ def insert_events(events: list[UsageEvent]) -> None:
             ]
             for e in events
         ],
+        along=along,
     )
     for event, pk in zip(events, ids, strict=True):
         event.pk = pk
@@ -293,8 +295,8 @@ def usage_record_batch(*, items: list[UsageInput], now: datetime) -> list[Outcom
             outcomes.append(outcome)
             pending.append((outcome, event, entries))
         # Write: windows and events first (events get ids), then ledger entries that name them.
-        engine.flush_windows()
-        insert_events([event for _, event, _ in pending])
+        windows = engine.flush_windows(defer_updates=True)
+        insert_events([event for _, event, _ in pending], along=[windows] if windows else [])
         for outcome, event, entries in pending:
             for entry in entries:
                 entry.reference = f"usage:{event.pk}"
