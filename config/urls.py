@@ -15,6 +15,10 @@ urlpatterns = [
     path("", include("accounts.urls")),
     path("", include("usage.urls")),
     path("orgs/<int:org_id>/credits/", billing_views.credits_page, name="org_credits"),
+    path("orgs/<int:org_id>/credits/buy/", billing_views.buy, name="org_buy"),
+    path("orgs/<int:org_id>/credits/buy/<int:purchase_id>/settle/", billing_views.buy_settle, name="org_buy_settle"),
+    path("orgs/<int:org_id>/cards/setup/", billing_views.card_setup, name="org_card_setup"),
+    path("orgs/<int:org_id>/cards/default/", billing_views.card_default, name="org_card_default"),
     path("orgs/<int:org_id>/plans/", billing_views.plans_page, name="org_plans"),
     path(settings.CREDITS_PURCHASE_PATH.strip("/") + "/", billing_views.purchase_link, name="purchase_link"),
 ]

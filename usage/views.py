@@ -36,6 +36,7 @@ from accounts.services import membership_change_role, membership_remove
 from accounts.views import SESSION_ORG, OrgContext, org_page, render_org
 from billing.selectors import packs_active
 from billing.services.provision import member_invite, user_signup
+from billing.views import SESSION_LIVE_NOTE, buy_dialog_context
 from core.clock import now as clock_now
 from core.errors import DomainError, NotFound
 from plans.periods import month_start
@@ -234,14 +235,18 @@ def _live_context(ctx: OrgContext, live: Live) -> dict[str, Any]:
 @org_page()
 def overview(request: HttpRequest, ctx: OrgContext) -> HttpResponse:
     live = live_state(ctx, now=clock_now())
-    return render_org(request, ctx, "usage/overview.html", _live_context(ctx, live), active="overview")
+    context = {**_live_context(ctx, live), **(buy_dialog_context(ctx.organization.pk) if ctx.can_manage else {})}
+    return render_org(request, ctx, "usage/overview.html", context, active="overview")
 
 
 @org_page()
 def overview_live(request: HttpRequest, ctx: OrgContext) -> HttpResponse:
     """The overview's meters, banner and balance: polled by htmx every 30 s."""
     live = live_state(ctx, now=clock_now())
-    return render_org(request, ctx, "usage/_live.html", {**_live_context(ctx, live), "oob": True}, active="overview")
+    # After a purchase from the buy dialog: "1,000 credits added" in the live status region, once.
+    added = request.session.pop(SESSION_LIVE_NOTE, None)
+    context = {**_live_context(ctx, live), "oob": True, "added": added}
+    return render_org(request, ctx, "usage/_live.html", context, active="overview")
 
 
 # Usage page: charts from rollups, and the event log -------------------------------------------------

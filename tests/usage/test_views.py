@@ -340,16 +340,16 @@ def test_with_credits_an_exhausted_window_draws_credits_and_shows_no_banner(worl
     assert "Credit balance 100 credits" in page
 
 
-def test_the_buy_dialog_lists_packs_and_cannot_buy_yet(world):
+def test_the_buy_dialog_without_a_card_offers_to_add_one(world):
+    # (buying itself: tests/billing/test_views.py and tests/browser/test_buy.py, with localstripe)
     response = client_for(world["olga"]).get(reverse("org_overview", args=[world["org"].pk]))
 
     html = response.content.decode()
     dialog = html[html.index('<dialog id="buy-dialog"') : html.index("</dialog>")]
     assert 'aria-labelledby="buy-title"' in dialog
-    assert "Payments arrive in the next release." in dialog
-    assert "1,000 credits" in dialog and "$40.00" in dialog and "¥6,000" in dialog
-    confirm = '<button type="button" class="button button-primary" disabled aria-describedby="buy-note">'
-    assert confirm + "Confirm purchase</button>" in dialog
+    assert "Payments arrive in the next release." not in dialog
+    assert '<h3 id="card-setup-title">Add a card</h3>' in dialog
+    assert "data-pay-button" not in dialog
 
 
 def test_the_live_partial_swaps_the_status_region_out_of_band(world):

@@ -1,0 +1,340 @@
+"""The buy dialog's actions on the dashboard, against a real localstripe: buy with the card on
+file (htmx), decline, 3-D Secure settled on return, adding a card, permissions by role and org.
+
+Catalogue: the demo one (packs credits-1000 = $40.00, credits-2500, credits-1000-jpy = ¥6,000).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import uuid
+from decimal import Decimal
+
+import pytest
+from django.test import Client
+from django.urls import reverse
+
+from accounts.models import Role, User
+from accounts.services import membership_set
+from billing.models import CreditPurchase, StripeCustomer
+from billing.services.provision import user_signup
+from billing.services.purchases import card_set_default
+from core.clock import now
+from plans.selectors import catalogue_clear
+from tests.billing.payment_support import assert_nothing_granted, balance, ledger
+from tests.billing.stripe_fixtures import (
+    CARD_DECLINED_ON_ATTACH,
+    CARD_DECLINED_ON_CHARGE,
+    CARD_REQUIRES_ACTION,
+    CARD_SUCCEEDS,
+)
+from usage.management.commands.seed_demo import seed_catalogue
+
+PASSWORD = "a-long-password-123"
+
+
+@pytest.fixture(autouse=True)
+def _plain_http(settings):
+    settings.SECURE_SSL_REDIRECT = False
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+
+@pytest.fixture
+def world(db):
+    """Olga owns an org (Plus plan), Mia is a member of it, Otto has his own org."""
+    seed_catalogue()
+    catalogue_clear()
+    olga, org = user_signup(email="olga@example.com", password=PASSWORD, name="Olga", now=now())
+    mia, _ = user_signup(email="mia@example.com", password=PASSWORD, name="Mia", now=now())
+    membership_set(organization=org, user=mia, role=Role.MEMBER)
+    otto, other = user_signup(email="otto@example.com", password=PASSWORD, name="Otto", now=now())
+    yield {"olga": olga, "org": org, "mia": mia, "otto": otto, "other": other}
+    catalogue_clear()
+
+
+def client_for(user: User) -> Client:
+    client = Client()
+    client.force_login(user)
+    return client
+
+
+def card_on_file(localstripe, org, number: str) -> None:
+    pm = localstripe.payment_method_create(number)
+    card_set_default(organization_id=org.pk, payment_method_id=pm, now=now())
+
+
+def buy(client: Client, org, *, pack: str = "credits-1000", token: str | None = None):
+    return client.post(
+        reverse("org_buy", kwargs={"org_id": org.pk}),
+        {"pack": pack, "token": token or uuid.uuid4().hex},
+        HTTP_HX_REQUEST="true",
+    )
+
+
+def text(response) -> str:
+    return re.sub(r"\s+", " ", response.content.decode())
+
+
+def test_the_owner_sees_packs_the_card_on_file_and_a_button_with_the_amount(world, localstripe):
+    # given Olga's Visa ending 4242 on file
+    card_on_file(localstripe, world["org"], CARD_SUCCEEDS)
+    # when she opens the overview
+    page = text(client_for(world["olga"]).get(f"/orgs/{world['org'].pk}/"))
+    # then the dialog lists the three packs, names the card and states the amount on the button
+    assert page.count('name="pack"') == 3
+    assert "Charged now to your Visa •••• 4242." in page
+    assert "data-pay-button>Pay $40.00</button>" in page
+    assert 'data-pay-label="Pay ¥6,000"' in page
+    assert "¥6,000 (tax included)" in page
+    assert "Payments arrive in the next release" not in page
+
+
+def test_in_japanese_yen_have_no_minor_unit_and_include_tax(world, localstripe):
+    card_on_file(localstripe, world["org"], CARD_SUCCEEDS)
+    client = client_for(world["olga"])
+    client.post(reverse("language_set"), {"language": "ja", "next": "/"})
+
+    page = text(client.get(f"/orgs/{world['org'].pk}/credits/"))
+
+    assert "6,000円（税込）" in page
+    assert 'data-pay-label="6,000円 を支払う"' in page
+    assert "$40.00 を支払う</button>" in page
+    assert "Visa •••• 4242 に今すぐ請求されます。" in page
+
+
+def test_without_a_card_the_dialog_offers_to_add_one(world, localstripe):
+    page = text(client_for(world["olga"]).get(f"/orgs/{world['org'].pk}/"))
+
+    assert "Add a card" in page
+    assert "data-card-element" in page
+    assert "data-pay-button" not in page
+    assert f'data-stripe-js="{localstripe.url}/js.stripe.com/v3/"' in page
+
+
+def test_the_owner_buys_with_4242_and_the_credits_arrive_at_once(world, localstripe):
+    org = world["org"]
+    card_on_file(localstripe, org, CARD_SUCCEEDS)
+    client = client_for(world["olga"])
+    token = uuid.uuid4().hex
+
+    # when Olga confirms the $40.00 pack
+    response = buy(client, org, token=token)
+
+    # then the dialog says so, the page is told to refresh, and the credits and ledger are there
+    assert response.status_code == 200
+    assert json.loads(response["HX-Trigger"]) == {"dashboard:refresh": True}
+    assert "1,000 credits added" in text(response)
+    purchase = CreditPurchase.objects.get(organization=org)
+    assert (purchase.status, purchase.amount, purchase.currency) == ("succeeded", 4000, "usd")
+    assert (purchase.request_key, purchase.actor_id) == (f"dashboard:{token}", world["olga"].pk)
+    assert balance(org) == Decimal("1000")
+    assert ledger(org) == [("grant", Decimal("1000"), Decimal("1000"), f"grant:{purchase.payment_intent_id}")]
+    # and the overview's refresh says it once in the live status region
+    live = client.get(f"/orgs/{org.pk}/live/", HTTP_HX_REQUEST="true")
+    assert '<p hx-swap-oob="innerHTML:#live-status">1,000 credits added</p>' in text(live)
+    again = client.get(f"/orgs/{org.pk}/live/", HTTP_HX_REQUEST="true")
+    assert '<p hx-swap-oob="innerHTML:#live-status"></p>' in text(again)
+
+
+def test_a_repeated_post_of_the_same_dialog_charges_once(world, localstripe):
+    org = world["org"]
+    card_on_file(localstripe, org, CARD_SUCCEEDS)
+    client = client_for(world["olga"])
+    token = uuid.uuid4().hex
+
+    first = buy(client, org, token=token)
+    second = buy(client, org, token=token)
+
+    assert (first.status_code, second.status_code) == (200, 200)
+    assert "1,000 credits added" in text(second)
+    assert CreditPurchase.objects.filter(organization=org).count() == 1
+    assert len(localstripe.charges()) == 1
+    assert balance(org) == Decimal("1000")
+
+
+def test_a_card_declined_at_charge_shows_the_reason_and_changes_nothing(world, localstripe):
+    org = world["org"]
+    card_on_file(localstripe, org, CARD_DECLINED_ON_CHARGE)
+
+    response = buy(client_for(world["olga"]), org)
+
+    assert response.status_code == 200
+    assert "HX-Trigger" not in response
+    assert re.search(r'role="alert">.*Your card was declined\.', text(response))
+    assert CreditPurchase.objects.get(organization=org).status == "failed"
+    assert_nothing_granted(org)
+
+
+def test_the_decline_reads_in_japanese(world, localstripe):
+    org = world["org"]
+    card_on_file(localstripe, org, CARD_DECLINED_ON_CHARGE)
+    client = client_for(world["olga"])
+    client.post(reverse("language_set"), {"language": "ja", "next": "/"})
+
+    response = buy(client, org)
+
+    assert "カードが拒否されました。" in text(response)
+    assert_nothing_granted(org)
+
+
+def test_3d_secure_returns_the_client_secret_and_settles_after_authentication(world, localstripe):
+    org = world["org"]
+    card_on_file(localstripe, org, CARD_REQUIRES_ACTION)
+    client = client_for(world["olga"])
+
+    # when the charge needs 3-D Secure
+    response = buy(client, org)
+    purchase = CreditPurchase.objects.get(organization=org)
+    secret = localstripe.payment_intent(purchase.payment_intent_id)["client_secret"]
+    settle_url = reverse("org_buy_settle", kwargs={"org_id": org.pk, "purchase_id": purchase.pk})
+
+    # then the dialog carries what Stripe.js needs, and nothing is granted yet
+    assert purchase.status == "requires_action"
+    assert f'data-client-secret="{secret}"' in text(response)
+    assert f'data-settle-url="{settle_url}"' in text(response)
+    assert_nothing_granted(org)
+
+    # when the bank's challenge is completed and the browser posts back
+    localstripe.payment_intent_authenticate(purchase.payment_intent_id)
+    settled = client.post(settle_url, HTTP_HX_REQUEST="true")
+
+    # then the credits arrive
+    assert settled.status_code == 200
+    assert json.loads(settled["HX-Trigger"]) == {"dashboard:refresh": True}
+    assert "1,000 credits added" in text(settled)
+    assert balance(org) == Decimal("1000")
+    assert CreditPurchase.objects.get(pk=purchase.pk).status == "succeeded"
+
+
+def test_3d_secure_failed_shows_the_bank_refused(world, localstripe):
+    org = world["org"]
+    card_on_file(localstripe, org, CARD_REQUIRES_ACTION)
+    client = client_for(world["olga"])
+    buy(client, org)
+    purchase = CreditPurchase.objects.get(organization=org)
+
+    localstripe.payment_intent_authenticate(purchase.payment_intent_id, success=False)
+    settled = client.post(reverse("org_buy_settle", kwargs={"org_id": org.pk, "purchase_id": purchase.pk}))
+
+    assert "HX-Trigger" not in settled
+    assert "Your bank did not confirm this payment." in text(settled)
+    assert CreditPurchase.objects.get(pk=purchase.pk).status == "failed"
+    assert_nothing_granted(org)
+
+
+def test_adding_a_card_saves_it_and_offers_to_pay(world, localstripe):
+    org = world["org"]
+    client = client_for(world["olga"])
+    setup = client.post(reverse("org_card_setup", kwargs={"org_id": org.pk}))
+    assert setup.status_code == 200
+    assert setup.json()["client_secret"].startswith("seti_")
+    pm = localstripe.payment_method_create(CARD_SUCCEEDS)  # what confirmCardSetup gives the browser
+
+    response = client.post(reverse("org_card_default", kwargs={"org_id": org.pk}), {"payment_method": pm})
+
+    assert response.status_code == 200
+    page = text(response)
+    assert "Your card is saved. You can buy now." in page
+    assert "Charged now to your Visa •••• 4242." in page
+    assert "Pay $40.00" in page
+    customer = StripeCustomer.objects.get(organization=org)
+    assert (customer.default_payment_method_id, customer.card_brand, customer.card_last4) == (pm, "visa", "4242")
+
+
+def test_a_card_declined_when_added_shows_the_reason_and_is_not_saved(world, localstripe):
+    org = world["org"]
+    client = client_for(world["olga"])
+    pm = localstripe.payment_method_create(CARD_DECLINED_ON_ATTACH)
+
+    response = client.post(reverse("org_card_default", kwargs={"org_id": org.pk}), {"payment_method": pm})
+
+    assert response.status_code == 200
+    assert re.search(r'role="alert">.*Your card was declined\.', text(response))
+    assert StripeCustomer.objects.get(organization=org).default_payment_method_id == ""
+    assert "Add a card" in text(response)
+
+
+def test_a_malformed_form_is_a_400(world, localstripe):
+    client = client_for(world["olga"])
+    url = reverse("org_buy", kwargs={"org_id": world["org"].pk})
+
+    assert client.post(url, {"pack": "credits-1000", "token": "nope"}).status_code == 400
+    assert client.post(url, {"token": uuid.uuid4().hex}).status_code == 400
+    assert CreditPurchase.objects.count() == 0
+
+
+def test_an_unknown_pack_shows_a_message_and_charges_nothing(world, localstripe):
+    card_on_file(localstripe, world["org"], CARD_SUCCEEDS)
+
+    response = buy(client_for(world["olga"]), world["org"], pack="no-such-pack")
+
+    assert "There is no credit pack" in text(response)
+    assert localstripe.charges() == []
+
+
+def _action_urls(org_id: int, purchase_id: int = 1) -> list[str]:
+    return [
+        reverse("org_buy", kwargs={"org_id": org_id}),
+        reverse("org_buy_settle", kwargs={"org_id": org_id, "purchase_id": purchase_id}),
+        reverse("org_card_setup", kwargs={"org_id": org_id}),
+        reverse("org_card_default", kwargs={"org_id": org_id}),
+    ]
+
+
+def test_a_member_cannot_buy_or_add_a_card(world, localstripe):
+    card_on_file(localstripe, world["org"], CARD_SUCCEEDS)
+    client = client_for(world["mia"])
+
+    codes = [
+        client.post(url, {"pack": "credits-1000", "token": uuid.uuid4().hex}).status_code
+        for url in _action_urls(world["org"].pk)
+    ]
+
+    assert codes == [403, 403, 403, 403]
+    assert "data-pay-button" not in text(client.get(f"/orgs/{world['org'].pk}/"))
+    assert CreditPurchase.objects.count() == 0
+    assert localstripe.charges() == []
+
+
+def test_another_organization_is_not_found(world, localstripe):
+    card_on_file(localstripe, world["other"], CARD_SUCCEEDS)
+    client = client_for(world["olga"])
+
+    codes = [
+        client.post(url, {"pack": "credits-1000", "token": uuid.uuid4().hex}).status_code
+        for url in _action_urls(world["other"].pk)
+    ]
+
+    assert codes == [404, 404, 404, 404]
+    assert CreditPurchase.objects.count() == 0
+
+
+def test_settling_a_purchase_of_another_organization_is_not_found(world, localstripe):
+    card_on_file(localstripe, world["other"], CARD_SUCCEEDS)
+    buy(client_for(world["otto"]), world["other"])
+    purchase = CreditPurchase.objects.get(organization=world["other"])
+
+    response = client_for(world["olga"]).post(
+        reverse("org_buy_settle", kwargs={"org_id": world["org"].pk, "purchase_id": purchase.pk})
+    )
+
+    assert response.status_code == 404
+
+
+def test_get_is_not_allowed(world, localstripe):
+    assert client_for(world["olga"]).get(reverse("org_buy", kwargs={"org_id": world["org"].pk})).status_code == 405
+
+
+def test_the_credits_page_refresh_shows_the_new_balance_and_says_it_once(world, localstripe):
+    org = world["org"]
+    card_on_file(localstripe, org, CARD_SUCCEEDS)
+    client = client_for(world["olga"])
+    buy(client, org)
+
+    refresh = text(client.get(f"/orgs/{org.pk}/credits/", HTTP_HX_REQUEST="true"))
+    again = text(client.get(f"/orgs/{org.pk}/credits/", HTTP_HX_REQUEST="true"))
+
+    assert '<p class="big" id="credits-balance">1,000 <span class="unit">credits</span></p>' in refresh
+    assert '<p hx-swap-oob="innerHTML:#live-status">1,000 credits added</p>' in refresh
+    assert "hx-swap-oob" not in again
