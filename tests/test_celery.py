@@ -170,5 +170,5 @@ def test_finished_window_is_closed_and_its_owner_told_once(tasks, mailoutbox):
     notices = list(Notice.objects.filter(organization=org).values_list("kind", flat=True))
     assert notices == [NoticeKind.ALLOWANCE_RESET]
     assert [(m.to, m.subject) for m in mailoutbox] == [
-        (["owner@example.com"], f"Your {allowance.window_label} allowance has reset")
+        (["owner@example.com"], f"Your {allowance.window_label} allowance for {allowance.meter.name} has reset")
     ]
