@@ -6,6 +6,8 @@ Phases (each a short warm-up, then BENCH_DURATION seconds):
   c  usage hot      POST /api/v1/usage on one organization
   d  batch          POST /api/v1/usage/batch, 1,000 events per request (reported in events/s)
   e  entitlements   GET /api/v1/organizations/{id}/entitlements over 1,000 organizations
+  p  pages          optional (BENCH_PHASES=a,b,c,d,e,p): overview and usage pages in-process at 10k and 1M
+                    events (bench/pages.py; runs before gunicorn starts; goal < 100 ms and 1M/10k < 1.5x)
 Then `manage.py audit_ledger`. The table goes to stdout and bench/results/latest.txt.
 
 Knobs (environment): BENCH_DATABASE_URL (its database name must contain "bench"; it is dropped and
@@ -184,6 +186,17 @@ def seed() -> dict[str, Any]:
         f"in {time.monotonic() - started:.1f} s"
     )
     return data
+
+
+def pages() -> tuple[str, bool]:
+    """Phase p: bench/pages.py seeds 10k and 1M events and times the dashboard pages in-process."""
+    started = time.monotonic()
+    proc = run([PYTHON, str(BENCH_DIR / "pages.py")], env_extra=app_env(DATABASE_URL), timeout=900)
+    lines = proc.stdout.strip().splitlines()
+    data = json.loads(lines[-1])
+    (RESULTS / "pages.json").write_text(json.dumps(data))
+    log(f"p pages: done in {time.monotonic() - started:.1f} s")
+    return "\n".join(lines[:-1]) + "\n", bool(data["ok"])
 
 
 def free_port() -> int:
@@ -379,7 +392,13 @@ def ms(us: float) -> str:
 
 
 def report(
-    results: dict[str, Result], audit_status: str, audit_output: str, totals: dict[str, int], counts: dict[str, int]
+    results: dict[str, Result],
+    audit_status: str,
+    audit_output: str,
+    totals: dict[str, int],
+    counts: dict[str, int],
+    pages_text: str = "",
+    pages_ok: bool = True,
 ) -> tuple[str, bool]:
     a = results.get("a")
     base = a.rate if a else 0.0
@@ -447,6 +466,9 @@ def report(
         "(b)/(c): 1 x codex.local_task per request on plus (45 per 5 h included, then 5 credits); "
         "(d): batch rate counts events; p50/p99 of (d) are per batch request."
     )
+    if pages_text:
+        lines.extend(pages_text.rstrip("\n").splitlines())
+        all_ok &= pages_ok
     lines.append(f"overall: {'PASS' if all_ok else 'FAIL'}")
     return "\n".join(lines) + "\n", all_ok
 
@@ -488,6 +510,7 @@ def main() -> int:
         ),
         "e": Phase("e", "entitlements GET", "entitlements.lua"),
     }
+    pages_text, pages_ok = pages() if "p" in PHASES else ("", True)
     counts_before = db_counts()
     port = free_port()
     server = start_gunicorn(port)
@@ -496,6 +519,8 @@ def main() -> int:
     try:
         wait_ready(port, token, orgs[0], server)
         for key in PHASES:
+            if key == "p":  # done above, before the server started
+                continue
             phase = phases[key]
             runs = [("warmup", WARMUP), ("run", DURATION)] if WARMUP > 0 else [("run", DURATION)]
             for label, seconds in runs:
@@ -529,7 +554,7 @@ def main() -> int:
     audit_status, audit_output = audit()
     counts_after = db_counts()
     counts = {k: counts_after[k] - counts_before[k] for k in counts_after}
-    text, ok = report(results, audit_status, audit_output, totals, counts)
+    text, ok = report(results, audit_status, audit_output, totals, counts, pages_text, pages_ok)
     load_after = os.getloadavg()
     text += (
         f"machine load average (1 min) before {load_before[0]:.1f}, after {load_after[0]:.1f} on {CORES} cores "

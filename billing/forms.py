@@ -13,7 +13,7 @@ from django import forms
 from django.utils.translation import gettext_lazy as _
 
 from billing.models import LotCategory
-from core.money import CREDIT_DIGITS, CREDIT_PLACES
+from core.money import CREDIT_DIGITS, CREDIT_PLACES, minor_units_per_major
 
 
 class _CreditsFormBase(forms.Form):
@@ -79,3 +79,62 @@ class CreditAdjustForm(_CreditsFormBase):
         if credits == 0:
             raise forms.ValidationError(_("An adjustment of zero changes nothing."), code="invalid_credits")
         return credits
+
+
+class AutoTopUpForm(forms.Form):
+    """The credits page's auto top-up settings; billing.services.autotopup.auto_topup_configure checks
+    the rules (target above minimum, a cap that covers a top-up, a card on file)."""
+
+    enabled = forms.BooleanField(required=False, label=_("Turn on automatic top-up"))
+    min_balance = forms.DecimalField(
+        required=False,
+        min_value=0,
+        max_digits=CREDIT_DIGITS,
+        decimal_places=CREDIT_PLACES,
+        label=_("Minimum balance (credits)"),
+        help_text=_("A top-up starts when your balance falls below this."),
+    )
+    target_balance = forms.DecimalField(
+        required=False,
+        min_value=0,
+        max_digits=CREDIT_DIGITS,
+        decimal_places=CREDIT_PLACES,
+        label=_("Target balance (credits)"),
+        help_text=_("A top-up buys just enough credits to reach this."),
+    )
+    monthly_cap = forms.DecimalField(
+        required=False,
+        min_value=0,
+        max_digits=12,
+        decimal_places=2,
+        label=_("Monthly limit"),
+        help_text=_("The most that automatic top-ups may charge in a calendar month (UTC)."),
+    )
+
+    def __init__(self, *args: Any, currency: str, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.currency = currency.lower()
+        self.fields["monthly_cap"].label = _("Monthly limit (%(currency)s)") % {"currency": self.currency.upper()}
+
+    def clean_monthly_cap(self) -> Decimal | None:
+        cap: Decimal | None = self.cleaned_data.get("monthly_cap")
+        if cap is not None and cap * minor_units_per_major(self.currency) % 1:
+            raise forms.ValidationError(
+                _("Enter a whole amount of %(currency)s.") % {"currency": self.currency.upper()}, code="invalid_cap"
+            )
+        return cap
+
+    def clean(self) -> dict[str, Any]:
+        data = super().clean() or {}
+        if data.get("enabled"):
+            for name in ("min_balance", "target_balance", "monthly_cap"):
+                if data.get(name) is None and name not in self.errors:
+                    self.add_error(name, _("This field is required."))
+        return data
+
+    def monthly_cap_minor(self) -> int | None:
+        """The cap in minor units (what the service stores), or None."""
+        cap: Decimal | None = self.cleaned_data.get("monthly_cap")
+        if cap is None:
+            return None
+        return int(cap * minor_units_per_major(self.currency))

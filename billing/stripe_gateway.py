@@ -7,6 +7,8 @@ Network calls happen here and nowhere else; callers must not hold a database loc
 
 from __future__ import annotations
 
+import json
+import urllib.request
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -346,3 +348,30 @@ def charge_payment_intent_id(*, charge: str) -> str | None:
 def publishable_key() -> str:
     """The key Stripe.js in the browser uses (the counterpart of the secret key above)."""
     return settings.STRIPE_LIVE_PUBLIC_KEY if settings.STRIPE_LIVE_MODE else settings.STRIPE_TEST_PUBLIC_KEY
+
+
+_local_js: dict[str, str] = {}
+
+
+def local_stripe_js() -> str:
+    """localstripe's fake Stripe.js, wrapped in a block (only when STRIPE_API_HOST points at it).
+
+    Its top-level `class Element` would otherwise shadow the DOM's Element for every script on the
+    page, and htmx's `instanceof Element` checks would fail after the card step. Real Stripe.js has no
+    such class and is loaded from Stripe directly.
+    """
+    host = getattr(settings, "STRIPE_API_HOST", None)
+    if not host:
+        raise DomainError("Stripe.js is served by Stripe.", code="not_found", status=404)
+    base = host.rstrip("/")
+    if base not in _local_js:
+        with urllib.request.urlopen(f"{base}/js.stripe.com/v3/", timeout=5) as response:  # noqa: S310
+            script = response.read().decode()
+        # It finds its server from its own URL, which is now ours: name localstripe instead.
+        script = script.replace(
+            "const LOCALSTRIPE_BASE_API = (function () {",
+            f"const LOCALSTRIPE_BASE_API = {json.dumps(base)};\nconst LOCALSTRIPE_SRC_BASE = (function () {{",
+            1,
+        )
+        _local_js[base] = "{\n" + script + "\n}\n"
+    return _local_js[base]

@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 import re
 import uuid
+from decimal import Decimal
 from typing import Any
 
 from django.conf import settings
+from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseBadRequest, JsonResponse
 from django.shortcuts import redirect
@@ -18,12 +20,26 @@ from django.views.decorators.http import require_POST
 
 from accounts.models import Membership, User
 from accounts.views import OrgContext, org_page, render_org
-from billing.models import CreditPurchase, PurchaseStatus, StripeCustomer
+from billing import stripe_gateway
+from billing.forms import AutoTopUpForm
+from billing.models import CreditAccount, CreditPurchase, PurchaseStatus, StripeCustomer
+from billing.pricing import format_money
 from billing.selectors import credit_account, ledger_entries, lots_open, packs_active
-from billing.services.purchases import card_set_default, card_setup_start, purchase_refresh, purchase_start
+from billing.services.autotopup import auto_topup_configure, auto_topup_quote
+from billing.services.provision import subscription_change
+from billing.services.purchases import (
+    card_remove,
+    card_set_default,
+    card_setup_start,
+    cards_with_default,
+    purchase_refresh,
+    purchase_start,
+)
+from billing.services.renewals import subscription_upgrade
 from billing.stripe_gateway import CardDeclinedError, PaymentProviderError, PaymentRequestError
 from core.clock import now as clock_now
 from core.errors import DomainError
+from core.money import format_decimal
 from plans.models import Plan
 from plans.selectors import catalogue, subscription_for
 
@@ -32,6 +48,12 @@ LEDGER_PER_PAGE = 50
 
 @org_page()
 def credits_page(request: HttpRequest, ctx: OrgContext) -> HttpResponse:
+    return _credits_render(request, ctx)
+
+
+def _credits_render(
+    request: HttpRequest, ctx: OrgContext, *, auto_form: AutoTopUpForm | None = None, status: int = 200
+) -> HttpResponse:
     now = clock_now()
     org_id = ctx.organization.pk
     account = credit_account(organization_id=org_id)
@@ -57,10 +79,12 @@ def credits_page(request: HttpRequest, ctx: OrgContext) -> HttpResponse:
             "older": older,
             "is_paged": bool(before),
             **buy_dialog_context(org_id),
+            **_auto_topup_context(org_id, account, auto_form),
             # the refresh after a purchase from the dialog says it in the live status region
             "added": request.session.pop(SESSION_LIVE_NOTE, None) if request.headers.get("HX-Request") else None,
         },
         active="credits",
+        status=status,
     )
 
 
@@ -103,9 +127,62 @@ def plans_page(request: HttpRequest, ctx: OrgContext) -> HttpResponse:
         {
             "subscription": subscription,
             "rows": _plan_rows(plans),
+            "bank_confirm": request.GET.get("bank") == "confirm",
         },
         active="plans",
     )
+
+
+# billing.services.renewals' customer-facing sentences about plan changes, marked for translation.
+_PLAN_MESSAGES = (
+    gettext_noop("Add a card before choosing a paid plan."),
+    gettext_noop("A payment for your plan is already in progress."),
+)
+
+
+@require_POST
+@org_page(manage=True)
+def plan_change(request: HttpRequest, ctx: OrgContext) -> HttpResponse:
+    """Upgrade to a paid plan (charged now for a fresh period) or go back to the free default plan."""
+    org_id = ctx.organization.pk
+    plan_key = request.POST.get("plan", "")
+    back = redirect("org_plans", org_id=org_id)
+    plan = Plan.objects.filter(key=plan_key, is_public=True).first() if 0 < len(plan_key) <= 64 else None
+    if plan is None:
+        messages.error(request, _("Choose a plan."))
+        return back
+    when = clock_now()
+    if plan.is_free:
+        if not plan.is_default:
+            messages.error(request, _("Choose a plan."))
+            return back
+        current = subscription_for(organization_id=org_id)
+        if current is not None and current.plan_id == plan.pk:
+            messages.info(request, _("You are already on the %(plan)s plan.") % {"plan": plan.name})
+            return back
+        try:
+            subscription_change(organization_id=org_id, plan_key=plan.key, now=when)
+        except DomainError as exc:
+            messages.error(request, _(exc.message))
+            return back
+        messages.success(request, _("You are now on the %(plan)s plan.") % {"plan": plan.name})
+        return back
+    try:
+        result = subscription_upgrade(organization_id=org_id, plan_key=plan.key, now=when, actor_id=request.user.pk)
+    except DomainError as exc:
+        messages.error(request, _(exc.message))
+        return back
+    status = result.purchase.status
+    if status == PurchaseStatus.SUCCEEDED:
+        messages.success(request, _("You are now on the %(plan)s plan.") % {"plan": plan.name})
+    elif status == PurchaseStatus.REQUIRES_ACTION:
+        # the plans page explains it, with a link to the credits page (cards live there)
+        return redirect(reverse("org_plans", kwargs={"org_id": org_id}) + "?bank=confirm")
+    elif status == PurchaseStatus.FAILED:
+        messages.error(request, _(result.purchase.failure_message or "Your card was declined."))
+    else:
+        messages.info(request, _("Your payment is being processed. Your plan changes once it is paid."))
+    return back
 
 
 @login_required
@@ -151,8 +228,18 @@ _SERVICE_MESSAGES = (
 
 
 def stripe_js_url() -> str:
-    host = getattr(settings, "STRIPE_API_HOST", None)
-    return f"{host.rstrip('/')}/js.stripe.com/v3/" if host else "https://js.stripe.com/v3/"
+    # With localstripe, its fake Stripe.js comes through us (see stripe_gateway.local_stripe_js).
+    return reverse("stripe_js_local") if getattr(settings, "STRIPE_API_HOST", None) else "https://js.stripe.com/v3/"
+
+
+def stripe_js_local(request: HttpRequest) -> HttpResponse:
+    try:
+        script = stripe_gateway.local_stripe_js()
+    except DomainError as exc:
+        raise Http404(exc.message) from None
+    except OSError:
+        return HttpResponse("/* localstripe is not answering */", content_type="text/javascript", status=503)
+    return HttpResponse(script, content_type="text/javascript")
 
 
 def stripe_publishable_key() -> str:
@@ -265,4 +352,130 @@ def card_default(request: HttpRequest, ctx: OrgContext) -> HttpResponse:
         return _buy_body(request, ctx, error=_(exc.message))
     except DomainError as exc:
         return _buy_body(request, ctx, error=_(exc.message))
-    return _buy_body(request, ctx, card_added=True)
+    # the payment methods page lists the new card at once
+    return _buy_body(request, ctx, card_added=True, headers={"HX-Trigger": json.dumps({"cards:changed": True})})
+
+
+# Auto top-up and payment methods --------------------------------------------------------------
+
+# The auto top-up rules' sentences (billing.services.autotopup), marked here for translation.
+_AUTO_TOPUP_MESSAGES = (
+    gettext_noop("The minimum balance cannot be negative."),
+    gettext_noop("The target balance must be more than the minimum balance."),
+    gettext_noop("Set a monthly limit for automatic top-ups."),
+    gettext_noop(
+        "A top-up from the minimum to the target would charge less than our payment provider accepts: "
+        "raise the target or lower the minimum."
+    ),
+    gettext_noop("Add a card before turning on automatic top-up."),
+)
+
+
+def _auto_topup_currency(organization_id: int, account: CreditAccount | None) -> str:
+    if account is not None and account.auto_topup_currency:
+        return account.auto_topup_currency
+    subscription = subscription_for(organization_id=organization_id)
+    return subscription.plan.currency if subscription is not None else "usd"
+
+
+def _auto_topup_context(
+    organization_id: int, account: CreditAccount | None, form: AutoTopUpForm | None
+) -> dict[str, Any]:
+    """The credits page's auto top-up section: the saved state, what one top-up charges, the form."""
+    currency = _auto_topup_currency(organization_id, account)
+    if form is None:
+        cap = account.auto_topup_monthly_cap_amount if account is not None else None
+        initial: dict[str, Any] = {"enabled": bool(account and account.auto_topup_enabled)}
+        if account is not None and account.auto_topup_target_balance > 0:
+            initial.update(
+                min_balance=format_decimal(account.auto_topup_min_balance),
+                target_balance=format_decimal(account.auto_topup_target_balance),
+            )
+        if cap:
+            initial["monthly_cap"] = format_money(cap, currency)
+        form = AutoTopUpForm(initial=initial, currency=currency)
+    quote = auto_topup_quote(organization_id=organization_id)
+    return {
+        "auto_form": form,
+        "auto_enabled": bool(account and account.auto_topup_enabled),
+        "auto_quote": {"credits": quote[0], "amount": quote[1], "currency": quote[2]} if quote else None,
+        "auto_currency": currency,
+    }
+
+
+@require_POST
+@org_page(manage=True)
+def auto_topup_save(request: HttpRequest, ctx: OrgContext) -> HttpResponse:
+    """Turn auto top-up on (with its settings) or off; only this form ever turns it on."""
+    org_id = ctx.organization.pk
+    account = credit_account(organization_id=org_id)
+    form = AutoTopUpForm(request.POST, currency=_auto_topup_currency(org_id, account))
+    if not form.is_valid():
+        return _credits_render(request, ctx, auto_form=form, status=400)
+    data = form.cleaned_data
+    enabled = bool(data["enabled"])
+    try:
+        auto_topup_configure(
+            organization_id=org_id,
+            enabled=enabled,
+            min_balance=data["min_balance"] if data["min_balance"] is not None else Decimal(0),
+            target_balance=data["target_balance"] if data["target_balance"] is not None else Decimal(0),
+            monthly_cap=form.monthly_cap_minor(),
+            now=clock_now(),
+            currency=form.currency,
+        )
+    except DomainError as exc:
+        field = exc.extra.get("field")
+        form.add_error(field if field in form.fields else None, _(exc.message))
+        return _credits_render(request, ctx, auto_form=form, status=400)
+    messages.success(request, _("Automatic top-up is on.") if enabled else _("Automatic top-up is off."))
+    return redirect(reverse("org_credits", kwargs={"org_id": org_id}) + "#auto-topup")
+
+
+@org_page()
+def cards_page(request: HttpRequest, ctx: OrgContext) -> HttpResponse:
+    """The cards on file: brand, last four digits, expiry, which one purchases charge."""
+    error = ""
+    try:
+        cards, default_id = cards_with_default(organization_id=ctx.organization.pk)
+    except DomainError as exc:  # the payment provider did not answer
+        cards, default_id, error = [], "", _(exc.message)
+    rows = [{"card": card, "is_default": card.id == default_id} for card in cards]
+    rows.sort(key=lambda row: not row["is_default"])
+    return render_org(
+        request,
+        ctx,
+        "billing/cards.html",
+        {"rows": rows, "cards_error": error, **buy_dialog_context(ctx.organization.pk), "add_card": True},
+        active="cards",
+    )
+
+
+def _card_action(request: HttpRequest, ctx: OrgContext, *, remove: bool) -> HttpResponse:
+    payment_method = request.POST.get("payment_method", "")
+    org_id = ctx.organization.pk
+    if not PAYMENT_METHOD_ID.match(payment_method):
+        messages.error(request, _("This card is not on file."))
+    else:
+        try:
+            if remove:
+                card_remove(organization_id=org_id, payment_method_id=payment_method, now=clock_now())
+                messages.success(request, _("The card is removed."))
+            else:
+                card_set_default(organization_id=org_id, payment_method_id=payment_method, now=clock_now())
+                messages.success(request, _("Purchases and automatic top-ups now charge this card."))
+        except DomainError as exc:
+            messages.error(request, _(exc.message))
+    return redirect("org_cards", org_id=org_id)
+
+
+@require_POST
+@org_page(manage=True)
+def card_make_default(request: HttpRequest, ctx: OrgContext) -> HttpResponse:
+    return _card_action(request, ctx, remove=False)
+
+
+@require_POST
+@org_page(manage=True)
+def card_delete(request: HttpRequest, ctx: OrgContext) -> HttpResponse:
+    return _card_action(request, ctx, remove=True)

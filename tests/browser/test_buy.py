@@ -35,15 +35,9 @@ def catalogue():
 
 @pytest.fixture
 def stripe_js(page: Page, localstripe):
-    """localstripe's fake Stripe.js, wrapped in a block: its top-level `class Element` would
-    otherwise shadow the DOM's Element for every script of the page (htmx's `instanceof Element`
-    checks then fail and htmx stops processing what it swaps in). Real Stripe.js has no such class."""
-
-    def serve(route):
-        response = route.fetch()
-        route.fulfill(response=response, body="{\n" + response.text() + "\n}\n")
-
-    page.route(f"{localstripe.url}/js.stripe.com/v3/", serve)
+    """localstripe as the Stripe in use: the page loads its fake Stripe.js through our
+    /stripe-js/local.js, which wraps it so that its global `class Element` does not shadow the
+    DOM's (htmx's `instanceof Element` checks would fail). Real Stripe.js has no such class."""
     return localstripe
 
 
