@@ -11,17 +11,10 @@ import re
 import uuid
 from decimal import Decimal
 
-import pytest
 from django.test import Client
 from django.urls import reverse
 
-from accounts.models import Role, User
-from accounts.services import membership_set
 from billing.models import CreditPurchase, StripeCustomer
-from billing.services.provision import user_signup
-from billing.services.purchases import card_set_default
-from core.clock import now
-from plans.selectors import catalogue_clear
 from tests.billing.payment_support import assert_nothing_granted, balance, ledger
 from tests.billing.stripe_fixtures import (
     CARD_DECLINED_ON_ATTACH,
@@ -29,39 +22,7 @@ from tests.billing.stripe_fixtures import (
     CARD_REQUIRES_ACTION,
     CARD_SUCCEEDS,
 )
-from usage.management.commands.seed_demo import seed_catalogue
-
-PASSWORD = "a-long-password-123"
-
-
-@pytest.fixture(autouse=True)
-def _plain_http(settings):
-    settings.SECURE_SSL_REDIRECT = False
-    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
-
-
-@pytest.fixture
-def world(db):
-    """Olga owns an org (Plus plan), Mia is a member of it, Otto has his own org."""
-    seed_catalogue()
-    catalogue_clear()
-    olga, org = user_signup(email="olga@example.com", password=PASSWORD, name="Olga", now=now())
-    mia, _ = user_signup(email="mia@example.com", password=PASSWORD, name="Mia", now=now())
-    membership_set(organization=org, user=mia, role=Role.MEMBER)
-    otto, other = user_signup(email="otto@example.com", password=PASSWORD, name="Otto", now=now())
-    yield {"olga": olga, "org": org, "mia": mia, "otto": otto, "other": other}
-    catalogue_clear()
-
-
-def client_for(user: User) -> Client:
-    client = Client()
-    client.force_login(user)
-    return client
-
-
-def card_on_file(localstripe, org, number: str) -> None:
-    pm = localstripe.payment_method_create(number)
-    card_set_default(organization_id=org.pk, payment_method_id=pm, now=now())
+from tests.billing.view_support import card_on_file, client_for
 
 
 def buy(client: Client, org, *, pack: str = "credits-1000", token: str | None = None):

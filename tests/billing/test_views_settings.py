@@ -14,50 +14,12 @@ from django.test import Client
 from django.urls import reverse
 from django.utils import translation
 
-from accounts.models import Role, User
-from accounts.services import membership_set
 from billing.forms import AutoTopUpForm
 from billing.models import CreditAccount, StripeCustomer
-from billing.services.provision import user_signup
-from billing.services.purchases import card_set_default
-from core.clock import now
-from plans.selectors import catalogue_clear
 from tests.billing.stripe_fixtures import CARD_SUCCEEDS
-from usage.management.commands.seed_demo import seed_catalogue
+from tests.billing.view_support import card_on_file, client_for
 
-PASSWORD = "a-long-password-123"
 CARD_SECOND = "4000056655665556"  # localstripe names every test card "visa"
-
-
-@pytest.fixture(autouse=True)
-def _plain_http(settings):
-    settings.SECURE_SSL_REDIRECT = False
-    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
-
-
-@pytest.fixture
-def world(db):
-    """Olga owns an org (Plus plan, USD), Mia is a member of it, Otto has his own org."""
-    seed_catalogue()
-    catalogue_clear()
-    olga, org = user_signup(email="olga@example.com", password=PASSWORD, name="Olga", now=now())
-    mia, _ = user_signup(email="mia@example.com", password=PASSWORD, name="Mia", now=now())
-    membership_set(organization=org, user=mia, role=Role.MEMBER)
-    otto, other = user_signup(email="otto@example.com", password=PASSWORD, name="Otto", now=now())
-    yield {"olga": olga, "org": org, "mia": mia, "otto": otto, "other": other}
-    catalogue_clear()
-
-
-def client_for(user: User) -> Client:
-    client = Client()
-    client.force_login(user)
-    return client
-
-
-def add_card(localstripe, org, number: str) -> str:
-    pm = localstripe.payment_method_create(number)
-    card_set_default(organization_id=org.pk, payment_method_id=pm, now=now())
-    return pm
 
 
 def text(response) -> str:
@@ -99,7 +61,7 @@ def test_the_credits_page_shows_auto_top_up_off_by_default_with_the_form_for_the
 
 def test_the_owner_turns_auto_top_up_on_and_the_page_says_what_one_top_up_charges(world, localstripe):
     # given a card on file
-    add_card(localstripe, world["org"], CARD_SUCCEEDS)
+    card_on_file(localstripe, world["org"], CARD_SUCCEEDS)
     client = client_for(world["olga"])
     # when Olga turns auto top-up on: below 100, up to 800, at most $100.00 a month
     response = save_auto(client, world["org"], **ON)
@@ -119,7 +81,7 @@ def test_the_owner_turns_auto_top_up_on_and_the_page_says_what_one_top_up_charge
 
 def test_the_owner_turns_auto_top_up_off_and_the_settings_are_kept(world, localstripe):
     # given auto top-up on
-    add_card(localstripe, world["org"], CARD_SUCCEEDS)
+    card_on_file(localstripe, world["org"], CARD_SUCCEEDS)
     client = client_for(world["olga"])
     assert save_auto(client, world["org"], **ON).status_code == 302
     # when Olga saves the form unticked
@@ -147,7 +109,7 @@ def test_the_owner_turns_auto_top_up_off_and_the_settings_are_kept(world, locals
 )
 def test_invalid_settings_are_shown_on_the_form_and_change_nothing(world, localstripe, fields, message):
     # given a card on file and auto top-up off
-    add_card(localstripe, world["org"], CARD_SUCCEEDS)
+    card_on_file(localstripe, world["org"], CARD_SUCCEEDS)
     # when Olga submits invalid settings
     response = save_auto(client_for(world["olga"]), world["org"], **fields)
     # then the form says why, next to the fields, and nothing changed
@@ -170,7 +132,7 @@ def test_auto_top_up_needs_a_card_on_file(world):
 
 def test_a_member_reads_auto_top_up_and_cannot_change_it(world, localstripe):
     # given auto top-up on, set by Olga
-    add_card(localstripe, world["org"], CARD_SUCCEEDS)
+    card_on_file(localstripe, world["org"], CARD_SUCCEEDS)
     assert save_auto(client_for(world["olga"]), world["org"], **ON).status_code == 302
     mia = client_for(world["mia"])
     # when Mia (a member) opens the credits page
@@ -204,8 +166,8 @@ def cards_url(org) -> str:
 
 def test_the_payment_methods_page_lists_cards_with_the_default_first(world, localstripe):
     # given a Visa 4242 then a Visa 5556, the 5556 the default
-    add_card(localstripe, world["org"], CARD_SUCCEEDS)
-    add_card(localstripe, world["org"], CARD_SECOND)
+    card_on_file(localstripe, world["org"], CARD_SUCCEEDS)
+    card_on_file(localstripe, world["org"], CARD_SECOND)
     # when Olga opens payment methods
     response = client_for(world["olga"]).get(cards_url(world["org"]))
     # then both are listed with expiry, the default first with its badge, and the add-card dialog is there
@@ -222,8 +184,8 @@ def test_the_payment_methods_page_lists_cards_with_the_default_first(world, loca
 
 def test_the_owner_makes_another_card_the_default(world, localstripe):
     # given a Visa 4242 then a Visa 5556 (the default)
-    visa = add_card(localstripe, world["org"], CARD_SUCCEEDS)
-    add_card(localstripe, world["org"], CARD_SECOND)
+    visa = card_on_file(localstripe, world["org"], CARD_SUCCEEDS)
+    card_on_file(localstripe, world["org"], CARD_SECOND)
     client = client_for(world["olga"])
     # when Olga makes the 4242 the default
     response = client.post(
@@ -240,7 +202,7 @@ def test_the_owner_makes_another_card_the_default(world, localstripe):
 
 def test_the_owner_removes_the_default_card(world, localstripe):
     # given one card, the default
-    visa = add_card(localstripe, world["org"], CARD_SUCCEEDS)
+    visa = card_on_file(localstripe, world["org"], CARD_SUCCEEDS)
     client = client_for(world["olga"])
     # when Olga removes it (the form asks first)
     page = text(client.get(cards_url(world["org"])))
@@ -258,8 +220,8 @@ def test_the_owner_removes_the_default_card(world, localstripe):
 
 def test_a_card_of_another_organization_cannot_be_removed(world, localstripe):
     # given Otto's card and Olga's
-    ottos = add_card(localstripe, world["other"], CARD_SUCCEEDS)
-    add_card(localstripe, world["org"], CARD_SECOND)
+    ottos = card_on_file(localstripe, world["other"], CARD_SUCCEEDS)
+    card_on_file(localstripe, world["org"], CARD_SECOND)
     client = client_for(world["olga"])
     # when Olga posts Otto's card id (or garbage) to her own organization
     for payment_method in (ottos, "not-a-card"):
@@ -274,7 +236,7 @@ def test_a_card_of_another_organization_cannot_be_removed(world, localstripe):
 
 def test_a_member_sees_cards_read_only_and_gets_403_on_changes(world, localstripe):
     # given Olga's card
-    visa = add_card(localstripe, world["org"], CARD_SUCCEEDS)
+    visa = card_on_file(localstripe, world["org"], CARD_SUCCEEDS)
     mia = client_for(world["mia"])
     # when Mia opens payment methods
     response = mia.get(cards_url(world["org"]))
@@ -292,7 +254,7 @@ def test_a_member_sees_cards_read_only_and_gets_403_on_changes(world, localstrip
 
 def test_another_organizations_payment_methods_are_absent(world, localstripe):
     # given Olga's card
-    visa = add_card(localstripe, world["org"], CARD_SUCCEEDS)
+    visa = card_on_file(localstripe, world["org"], CARD_SUCCEEDS)
     otto = client_for(world["otto"])
     # when Otto opens or posts to her payment methods
     # then every answer is 404 and the card stays
@@ -317,7 +279,7 @@ def test_saving_a_card_from_the_dialog_tells_the_page_to_refresh_its_list(world,
 
 def test_in_japanese_auto_top_up_states_the_charge_trigger_cap_and_how_to_turn_it_off(world, localstripe):
     # given auto top-up on, and Olga reading Japanese
-    add_card(localstripe, world["org"], CARD_SUCCEEDS)
+    card_on_file(localstripe, world["org"], CARD_SUCCEEDS)
     client = client_for(world["olga"])
     assert save_auto(client, world["org"], **ON).status_code == 302
     client.post(reverse("language_set"), {"language": "ja", "next": "/"})
