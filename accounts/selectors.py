@@ -21,3 +21,7 @@ def membership_role(*, organization_id: int, user_id: int) -> str | None:
 
 def organization_get(*, organization_id: int) -> Organization | None:
     return Organization.objects.filter(pk=organization_id).first()
+
+
+def is_member(*, organization_id: int, user_id: int) -> bool:
+    return Membership.objects.filter(organization_id=organization_id, user_id=user_id).exists()

@@ -105,3 +105,17 @@ def membership_remove(*, organization: Organization, membership_id: int, actor_r
         raise DomainError(str(LAST_OWNER), code="last_owner")
     target.delete()
     return target
+
+
+def user_preferences_set(*, user: User, timezone: str | None = None, language: str | None = None) -> User:
+    """Remember the viewer's time zone or language on the account (the caller validated them)."""
+    fields = []
+    if timezone is not None and user.timezone != timezone:
+        user.timezone = timezone
+        fields.append("timezone")
+    if language is not None and user.language != language:
+        user.language = language
+        fields.append("language")
+    if fields:
+        user.save(update_fields=fields)
+    return user

@@ -36,7 +36,7 @@ from accounts.forms import (
     timezone_valid,
 )
 from accounts.models import ApiKey, Membership, Organization, Role, User
-from accounts.services import api_key_create, api_key_revoke
+from accounts.services import api_key_create, api_key_revoke, user_preferences_set
 from core.clock import now as clock_now
 
 SESSION_ORG = "current_org_id"
@@ -252,8 +252,7 @@ def timezone_detected(request: HttpRequest) -> HttpResponse:
     request.session[SESSION_TZ_DETECTED] = True
     changed = user.timezone == "UTC" and name != "UTC"
     if changed:
-        user.timezone = name
-        user.save(update_fields=["timezone"])
+        user_preferences_set(user=user, timezone=name)
     return JsonResponse({"timezone": user.timezone, "changed": changed})
 
 
@@ -263,9 +262,8 @@ def language_set(request: HttpRequest) -> HttpResponse:
     language = request.POST.get("language", "")
     user = request.user
     known = language in dict(settings.LANGUAGES)
-    if known and isinstance(user, User) and user.is_authenticated and user.language != language:
-        user.language = language
-        user.save(update_fields=["language"])
+    if known and isinstance(user, User) and user.is_authenticated:
+        user_preferences_set(user=user, language=language)
     return set_language(request)
 
 

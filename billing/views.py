@@ -18,7 +18,8 @@ from django.utils.translation import gettext as _
 from django.utils.translation import gettext_noop
 from django.views.decorators.http import require_POST
 
-from accounts.models import Membership, User
+from accounts.models import User
+from accounts.selectors import is_member
 from accounts.views import OrgContext, org_page, render_org
 from billing import stripe_gateway
 from billing.forms import AutoTopUpForm
@@ -41,7 +42,7 @@ from core.clock import now as clock_now
 from core.errors import DomainError
 from core.money import format_decimal
 from plans.models import Plan
-from plans.selectors import catalogue, subscription_for
+from plans.selectors import catalogue, plan_public_by_key, plans_public, subscription_for
 
 LEDGER_PER_PAGE = 50
 
@@ -117,7 +118,7 @@ def _plan_rows(plans: list[Plan]) -> list[dict[str, Any]]:
 @org_page()
 def plans_page(request: HttpRequest, ctx: OrgContext) -> HttpResponse:
     subscription = subscription_for(organization_id=ctx.organization.pk)
-    plans = list(Plan.objects.filter(is_public=True).order_by("sort_order", "price_amount", "id"))
+    plans = plans_public()
     if subscription and subscription.plan not in plans:
         plans.insert(0, subscription.plan)
     return render_org(
@@ -147,7 +148,7 @@ def plan_change(request: HttpRequest, ctx: OrgContext) -> HttpResponse:
     org_id = ctx.organization.pk
     plan_key = request.POST.get("plan", "")
     back = redirect("org_plans", org_id=org_id)
-    plan = Plan.objects.filter(key=plan_key, is_public=True).first() if 0 < len(plan_key) <= 64 else None
+    plan = plan_public_by_key(plan_key)
     if plan is None:
         messages.error(request, _("Choose a plan."))
         return back
@@ -193,7 +194,7 @@ def purchase_link(request: HttpRequest) -> HttpResponse:
         return redirect("home")
     user = request.user
     assert isinstance(user, User)  # login_required
-    if not Membership.objects.filter(organization_id=int(raw), user=user).exists():
+    if not is_member(organization_id=int(raw), user_id=user.pk):
         raise Http404("There is no such organization.")
     return redirect("org_credits", org_id=int(raw))
 

@@ -153,3 +153,12 @@ def plan_default() -> Plan | None:
 
 def subscription_for(*, organization_id: int) -> Subscription | None:
     return Subscription.objects.select_related("plan").filter(organization_id=organization_id).first()
+
+
+def plans_public() -> list[Plan]:
+    """The plans customers can choose, in display order."""
+    return list(Plan.objects.filter(is_public=True).order_by("sort_order", "price_amount", "id"))
+
+
+def plan_public_by_key(key: str) -> Plan | None:
+    return Plan.objects.filter(key=key, is_public=True).first() if 0 < len(key) <= 64 else None
