@@ -545,6 +545,7 @@ class CreditPurchaseAdmin(ReadOnlyAdmin):
             "title": _("Refund unused credits"),
             "subtitle": None,
             "opts": self.opts,
+            "action": "refund_unused_credits",
             "action_checkbox_name": helpers.ACTION_CHECKBOX_NAME,
             "rows": rows,
             "any_refundable": bool(to_refund),

@@ -470,15 +470,15 @@ def test_event_log_pages_with_a_cursor(world, settings):
     ids = list(UsageEvent.objects.order_by("-created_at", "-id").values_list("id", flat=True))
     client = client_for(world["olga"])
     url = reverse("org_usage", args=[world["org"].pk])
-    import usage.views
+    import usage.views.usage_page
 
-    original = usage.views.EVENTS_PER_PAGE
-    usage.views.EVENTS_PER_PAGE = 2
+    original = usage.views.usage_page.EVENTS_PER_PAGE
+    usage.views.usage_page.EVENTS_PER_PAGE = 2
     try:
         first = client.get(url)
         second = client.get(url, {"before": first.context["older"]})
     finally:
-        usage.views.EVENTS_PER_PAGE = original
+        usage.views.usage_page.EVENTS_PER_PAGE = original
 
     assert [e.id for e in first.context["events"]] == ids[:2]
     assert [e.id for e in second.context["events"]] == ids[2:]
