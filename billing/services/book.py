@@ -20,12 +20,15 @@ from django.db.models import Case, F, IntegerField, Value, When
 from billing.models import CreditAccount, CreditLot, EntryKind, LedgerEntry, LotCategory
 from core.money import ZERO
 from core.sql import (
+    Sent,
+    build_instances,
     columns_of,
     db_datetime,
     fetch_instances,
     for_no_key_update,
     from_db_datetime,
     in_list,
+    in_pipeline,
     insert_rows,
 )
 from plans.periods import month_start
@@ -46,9 +49,15 @@ def credit_books_lock(organization_ids: Iterable[int], *, now: datetime, lock: b
     One statement (hand-written: see core/sql.py). The caller must be inside transaction.atomic().
     With lock=False (preflight reads) nothing is locked and nothing may be flushed.
     """
+    return credit_books_read(credit_books_send(organization_ids, lock=lock), now=now, lock=lock)
+
+
+def credit_books_send(organization_ids: Iterable[int], *, lock: bool = True) -> Sent | None:
+    """Send the statement of credit_books_lock; read it with credit_books_read. Statements sent
+    after it (in a pipeline) run once the locks are granted."""
     ids = sorted(set(organization_ids))
     if not ids:
-        return {}
+        return None
     where, params = in_list("a.organization_id", ids)
     sql = (
         f"SELECT {columns_of(CreditAccount, 'a')}, s.plan_id, s.anchor, o.timezone"
@@ -60,12 +69,46 @@ def credit_books_lock(organization_ids: Iterable[int], *, now: datetime, lock: b
     )
     if lock:
         sql += for_no_key_update(of="a")
-    accounts = fetch_instances(CreditAccount, sql, params, extra=3)
-    return {account.organization_id: CreditBook(account, now=now, locked=lock) for account in accounts}
+    return Sent(sql, params)
+
+
+def credit_books_read(
+    sent: Sent | None, *, now: datetime, lock: bool = True, lots: Sent | None = None
+) -> dict[int, CreditBook]:
+    """The books of credit_books_send's accounts; with `lots` (open_lots_send's, sent after the
+    lock) their open lots too, so no book queries them again."""
+    if sent is None:
+        return {}
+    accounts = build_instances(CreditAccount, sent.rows(), extra=3)
+    open_lots: dict[int, list[CreditLot]] | None = None
+    if lots is not None:
+        open_lots = {account.organization_id: [] for account in accounts}
+        for lot in build_instances(CreditLot, lots.rows()):
+            open_lots.setdefault(lot.organization_id, []).append(lot)
+    return {
+        account.organization_id: CreditBook(
+            account,
+            now=now,
+            locked=lock,
+            lots=None if open_lots is None else open_lots[account.organization_id],
+        )
+        for account in accounts
+    }
+
+
+def open_lots_send(organization_ids: Iterable[int]) -> Sent | None:
+    """The open lots (remaining > 0) of these organizations; send it after the accounts' lock."""
+    ids = sorted(set(organization_ids))
+    if not ids:
+        return None
+    where, params = in_list("organization_id", ids)
+    return Sent(f"SELECT {columns_of(CreditLot)} FROM billing_creditlot WHERE {where} AND is_open", params)
 
 
 class CreditBook:
-    def __init__(self, account: CreditAccount, *, now: datetime, locked: bool = True):
+    def __init__(
+        self, account: CreditAccount, *, now: datetime, locked: bool = True, lots: list[CreditLot] | None = None
+    ):
         self.account = account
         self.now = now
         self.locked = locked
@@ -75,7 +118,7 @@ class CreditBook:
         self.anchor: datetime | None = from_db_datetime(anchor)
         self.timezone: str = timezone or "UTC"
         self.balance: Decimal = account.balance
-        self._lots: list[CreditLot] | None = None
+        self._lots: list[CreditLot] | None = None if lots is None else sorted(lots, key=_draw_key)
         self._dirty: dict[int, CreditLot] = {}
         self._new_lots: list[CreditLot] = []
         self.entries: list[LedgerEntry] = []
@@ -315,6 +358,8 @@ def flush_books(books: Iterable[CreditBook]) -> None:
             )
             book._account_dirty = False
     # One statement on PostgreSQL: the ledger insert carries the lot and account updates as CTEs.
+    # In a pipeline nobody waits for the entries' ids (nothing reads them there).
+    returning = not in_pipeline()
     ids = insert_rows(
         "billing_ledgerentry",
         _ENTRY_COLUMNS,
@@ -336,13 +381,15 @@ def flush_books(books: Iterable[CreditBook]) -> None:
             ("billing_creditlot", [("remaining", "numeric")], lot_rows),
             ("billing_creditaccount", _ACCOUNT_COLUMNS_WRITTEN, account_rows),
         ],
+        returning=returning,
     )
-    for entry, pk in zip(entries, ids, strict=True):
-        entry.pk = pk
+    if returning:
+        for entry, pk in zip(entries, ids, strict=True):
+            entry.pk = pk
 
 
 _NO_EXPIRY = datetime.max.replace(tzinfo=UTC)
-_OPEN_LOTS_SQL = f"SELECT {columns_of(CreditLot)} FROM billing_creditlot WHERE organization_id = %s AND remaining > 0"
+_OPEN_LOTS_SQL = f"SELECT {columns_of(CreditLot)} FROM billing_creditlot WHERE organization_id = %s AND is_open"
 _ENTRY_COLUMNS = [
     ("organization_id", "bigint"),
     ("lot_id", "bigint"),
@@ -382,7 +429,7 @@ def load_open_lots(books: Iterable[CreditBook]) -> None:
     found: dict[int, list[CreditLot]] = {org_id: [] for org_id in pending}
     where, params = in_list("organization_id", list(pending))
     for lot in fetch_instances(
-        CreditLot, f"SELECT {columns_of(CreditLot)} FROM billing_creditlot WHERE {where} AND remaining > 0", params
+        CreditLot, f"SELECT {columns_of(CreditLot)} FROM billing_creditlot WHERE {where} AND is_open", params
     ):
         found[lot.organization_id].append(lot)
     for org_id, book in pending.items():

@@ -8,6 +8,7 @@ With lock=False it only evaluates (preflight) and must not flush.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
@@ -15,12 +16,31 @@ from typing import Any
 
 from django.conf import settings
 from django.db.models import Q
+from django.utils import translation
 
 from billing.models import EntryKind, LedgerEntry
 from billing.services.autotopup import auto_topup_enqueue_on_commit
-from billing.services.book import CreditBook, credit_books_lock, flush_books, load_open_lots
+from billing.services.book import (
+    CreditBook,
+    credit_books_read,
+    credit_books_send,
+    flush_books,
+    load_open_lots,
+    open_lots_send,
+)
 from core.money import ZERO, format_decimal, round_credits
-from core.sql import Update, columns_of, db_datetime, fetch_instances, in_list, qn, update_rows
+from core.sql import (
+    Sent,
+    Update,
+    build_instances,
+    columns_of,
+    db_datetime,
+    in_list,
+    in_pipeline,
+    insert_rows,
+    qn,
+    update_rows,
+)
 from plans.models import WindowKind
 from plans.periods import period_bounds
 from plans.selectors import AllowanceInfo, Catalogue, MeterInfo, PlanInfo, catalogue
@@ -38,6 +58,7 @@ class Slot:
     used_at_load: Decimal
     dirty: bool = False
     used_in_db: Decimal | None = None  # what the row holds now, if it differs from used_at_load
+    inserted: bool = False  # written by a pipelined INSERT whose id nobody waited for
 
     @property
     def written(self) -> Decimal:
@@ -90,15 +111,42 @@ class Evaluation:
 
 
 class Engine:
-    def __init__(self, organization_ids: list[int] | set[int], *, now: datetime, lock: bool = True):
+    """Decide usage for locked organizations. `Engine(ids, now=now)` locks and loads at once.
+
+    To read in the same round trip as the lock (inside core.sql.pipeline()), pass `meters` (the
+    meters whose current windows to load) and `with_lots`, and `load=False`; send any other reads
+    of the same organizations; then call `load()`. Everything sent after the lock runs after it.
+    """
+
+    def __init__(
+        self,
+        organization_ids: list[int] | set[int],
+        *,
+        now: datetime,
+        lock: bool = True,
+        meters: Collection[int] = (),
+        with_lots: bool = False,
+        load: bool = True,
+    ):
         self.now = now
         self.lock = lock
         self.catalogue: Catalogue = catalogue()
-        self.books = credit_books_lock(organization_ids, now=now, lock=lock)
+        self.books: dict[int, CreditBook] = {}
         self.states: dict[int, OrgState] = {}
         self.notices: list[Notice] = []
         self.expired_holds: list[Reservation] = []
         self._looked_up: set[tuple[int, int]] = set()  # (organization, allowance) whose window was queried
+        ids = sorted(set(organization_ids))
+        self._sent_books = credit_books_send(ids, lock=lock)
+        self._sent_lots = open_lots_send(ids) if with_lots else None
+        self._meters = list(meters)
+        self._sent_windows = self._windows_send(ids, self._meters) if self._meters else None
+        if load:
+            self.load()
+
+    def load(self) -> None:
+        """Read what __init__ sent (in a pipeline: wait for it, once)."""
+        self.books = credit_books_read(self._sent_books, now=self.now, lock=self.lock, lots=self._sent_lots)
         for org_id, book in self.books.items():
             self.states[org_id] = OrgState(
                 organization_id=org_id,
@@ -108,6 +156,8 @@ class Engine:
                 tz=book.timezone,
                 balance_at_load=book.account.balance,
             )
+        if self._sent_windows is not None:
+            self._windows_read(self._sent_windows, self._meters)
         self._release_expired_holds()
 
     # Loading ------------------------------------------------------------------------------
@@ -132,16 +182,46 @@ class Engine:
             return
         by_org, org_params = in_list("organization_id", list(wanted))
         by_allowance, allowance_params = in_list("allowance_id", list(allowance_ids))
-        rows = fetch_instances(
+        rows = build_instances(
             AllowanceWindow,
-            f"SELECT {columns_of(AllowanceWindow)} FROM usage_allowancewindow"
-            f" WHERE {by_org} AND {by_allowance} AND start <= %s AND {qn('end')} > %s",
-            [*org_params, *allowance_params, db_datetime(self.now), db_datetime(self.now)],
+            Sent(
+                f"SELECT {columns_of(AllowanceWindow)} FROM usage_allowancewindow"
+                f" WHERE {by_org} AND {by_allowance} AND start <= %s AND {qn('end')} > %s",
+                [*org_params, *allowance_params, db_datetime(self.now), db_datetime(self.now)],
+            ).rows(),
         )
         for window in rows:
             st = wanted[window.organization_id]
             slot = self._slot_for(st, window)
             st.current[window.allowance_id] = slot
+
+    def _windows_send(self, organization_ids: list[int], meter_ids: list[int]) -> Sent | None:
+        """The current windows of these meters' allowances, in any plan (the plans are not known
+        before the lock's answer; _windows_read keeps those of each organization's plan)."""
+        allowance_ids = [a.id for a in self.catalogue.allowances_by_id.values() if a.meter_id in meter_ids]
+        if not organization_ids or not allowance_ids:
+            return None
+        by_org, org_params = in_list("organization_id", organization_ids)
+        by_allowance, allowance_params = in_list("allowance_id", allowance_ids)
+        return Sent(
+            f"SELECT {columns_of(AllowanceWindow)} FROM usage_allowancewindow"
+            f" WHERE {by_org} AND {by_allowance} AND start <= %s AND {qn('end')} > %s",
+            [*org_params, *allowance_params, db_datetime(self.now), db_datetime(self.now)],
+        )
+
+    def _windows_read(self, sent: Sent, meter_ids: list[int]) -> None:
+        rows = build_instances(AllowanceWindow, sent.rows())
+        for st in self.states.values():
+            if st.plan is None:
+                continue
+            for meter_id in meter_ids:
+                for allowance in self.catalogue.allowances_for(st.plan.id, meter_id):
+                    self._looked_up.add((st.organization_id, allowance.id))
+        for window in rows:
+            owner = self.states.get(window.organization_id)
+            if owner is None or (window.organization_id, window.allowance_id) not in self._looked_up:
+                continue  # an allowance of another plan
+            owner.current[window.allowance_id] = self._slot_for(owner, window)
 
     def _slot_for(self, st: OrgState, window: AllowanceWindow) -> Slot:
         key = (window.allowance_id, window.start)
@@ -328,7 +408,7 @@ class Engine:
                                 payload={
                                     "percent": pct,
                                     "meter_id": slot.allowance.meter_id,
-                                    "window": slot.allowance.label,
+                                    "window": _stored_label(slot.allowance),
                                     "limit": format_decimal(w.limit),
                                     "resets_at": w.end.isoformat(),
                                 },
@@ -362,22 +442,45 @@ class Engine:
     def flush_windows(self, *, defer_updates: bool = False) -> Update | None:
         """Write new windows now; set changed ones (absolute values: the lock is held), or with
         defer_updates return that update for the caller to send along with its own statement."""
-        new: list[AllowanceWindow] = []
+        new: list[Slot] = []
         rows: list[list[Any]] = []
         for st in self.states.values():
             for slot in st.slots.values():
                 if not slot.dirty:
                     continue
                 if slot.window.pk is None:
-                    new.append(slot.window)
+                    if slot.inserted:
+                        raise AssertionError("a window inserted in a pipeline changed again in the same engine")
+                    new.append(slot)
                 elif slot.window.used != slot.written:
                     rows.append([slot.window.pk, slot.window.used])
                 slot.used_in_db = slot.window.used
                 slot.dirty = False
         if new:
             # Under the account lock nobody else can open these windows; ON CONFLICT would only
-            # hide a bug, so a clash raises.
-            AllowanceWindow.objects.bulk_create(new)
+            # hide a bug, so a clash raises. In a pipeline nobody waits for the new ids.
+            returning = not in_pipeline()
+            ids = insert_rows(
+                "usage_allowancewindow",
+                _WINDOW_COLUMNS,
+                [
+                    [
+                        w.organization_id,
+                        w.allowance_id,
+                        db_datetime(w.start),
+                        db_datetime(w.end),
+                        w.limit,
+                        w.used,
+                        None if w.closed_at is None else db_datetime(w.closed_at),
+                    ]
+                    for w in (slot.window for slot in new)
+                ],
+                returning=returning,
+            )
+            for slot, pk in zip(new, ids if returning else [None] * len(new), strict=True):
+                slot.window.pk = pk
+                slot.window._state.adding = False
+                slot.inserted = pk is None
         update: Update = ("usage_allowancewindow", [("used", "numeric")], rows)
         if defer_updates:
             return update
@@ -399,3 +502,20 @@ class Engine:
                 auto_topup_enqueue_on_commit(st.organization_id)  # crossed the minimum; the task dedupes
         if self.notices:
             Notice.objects.bulk_create(self.notices, ignore_conflicts=True)
+
+
+def _stored_label(allowance: AllowanceInfo) -> str:
+    """A window's name as notices store it: in the site's language, whatever the request's."""
+    with translation.override(settings.LANGUAGE_CODE):
+        return allowance.label
+
+
+_WINDOW_COLUMNS = [
+    ("organization_id", "bigint"),
+    ("allowance_id", "bigint"),
+    ("start", "timestamptz"),
+    ("end", "timestamptz"),
+    ("limit", "numeric"),
+    ("used", "numeric"),
+    ("closed_at", "timestamptz"),
+]

@@ -22,8 +22,9 @@ from accounts.models import Role
 from accounts.selectors import membership_role
 from billing.models import LedgerEntry
 from core.money import format_decimal
-from core.sql import Update, db_datetime, in_list, insert_rows
+from core.sql import Sent, Update, db_datetime, in_list, insert_rows, pipeline
 from plans.periods import month_start
+from plans.selectors import catalogue
 from usage.messages import limit_reached_message, spend_cap_message
 from usage.models import Decision, EventKind, UsageEvent
 from usage.services.engine import Engine, Evaluation, OrgState
@@ -153,14 +154,20 @@ _EVENT_COLUMNS = [
 ]
 
 
-def insert_events(events: list[UsageEvent], *, along: list[Update]) -> None:
+def insert_events(events: list[UsageEvent], *, along: list[Update], ids: list[int] | None = None) -> None:
     """Insert new usage events in one statement (see core.sql.insert_rows), with the window
-    updates riding along, and set the events' ids."""
-    ids = insert_rows(
+    updates riding along, and set the events' ids: `ids` reserved beforehand (event_ids_send),
+    so nothing waits for the insert's answer, or else returned by it."""
+    if ids is not None:
+        ids = ids[: len(events)]
+        for event, pk in zip(events, ids, strict=True):
+            event.pk = pk
+    returned = insert_rows(
         "usage_usageevent",
-        _EVENT_COLUMNS,
+        _EVENT_COLUMNS if ids is None else [("id", "bigint"), *_EVENT_COLUMNS],
         [
             [
+                *([] if ids is None else [e.pk]),
                 e.organization_id,
                 e.meter_id,
                 e.kind,
@@ -180,9 +187,19 @@ def insert_events(events: list[UsageEvent], *, along: list[Update]) -> None:
             for e in events
         ],
         along=along,
+        returning=ids is None,
     )
-    for event, pk in zip(events, ids, strict=True):
-        event.pk = pk
+    if ids is None:
+        for event, pk in zip(events, returned, strict=True):
+            event.pk = pk
+
+
+def event_ids_send(count: int) -> Sent | None:
+    """Reserve `count` usage event ids from the table's sequence (PostgreSQL), so the event and
+    ledger inserts can go without waiting for each other; an id left unused is only a gap."""
+    if connection.vendor != "postgresql" or count <= 0:
+        return None
+    return Sent("SELECT nextval(pg_get_serial_sequence('usage_usageevent', 'id')) FROM generate_series(1, %s)", [count])
 
 
 @dataclass(frozen=True, slots=True)
@@ -193,19 +210,35 @@ class StoredEvent:
     response: dict[str, Any]
 
 
-def stored_events(*, organization_ids: list[int], keys: list[str]) -> dict[tuple[int, str], StoredEvent]:
-    """The usage events already recorded under these keys (one statement; on the hot path)."""
-    if not organization_ids or not keys:
-        return {}
-    by_org, org_params = in_list("organization_id", organization_ids)
-    by_key, key_params = in_list("idempotency_key", keys)
-    with connection.cursor() as cursor:
-        cursor.execute(
-            "SELECT id, organization_id, idempotency_key, request_hash, http_status, response FROM usage_usageevent"
-            f" WHERE {by_org} AND kind = %s AND {by_key}",
-            [*org_params, EventKind.USAGE.value, *key_params],
+def stored_events_send(*, pairs: set[tuple[int, str]]) -> Sent | None:
+    """The usage events already recorded under these (organization, key) pairs (one statement; on
+    the hot path, sent after the organizations' lock). Read with stored_events_read.
+
+    On PostgreSQL the pairs are joined as arrays, one index probe each: `key = ANY(...)` on the
+    unique index's last column is only a filter there (PostgreSQL 15), which reads every event of
+    the organization."""
+    if not pairs:
+        return None
+    if connection.vendor == "postgresql":
+        orgs, keys = zip(*pairs, strict=True)
+        return Sent(
+            "SELECT e.id, e.organization_id, e.idempotency_key, e.request_hash, e.http_status, e.response"
+            " FROM UNNEST(%s::bigint[], %s::text[]) AS k(organization_id, idempotency_key)"
+            " JOIN usage_usageevent e ON e.organization_id = k.organization_id AND e.kind = %s"
+            " AND e.idempotency_key = k.idempotency_key",
+            [list(orgs), list(keys), EventKind.USAGE.value],
         )
-        rows = cursor.fetchall()
+    by_org, org_params = in_list("organization_id", sorted({org for org, _ in pairs}))
+    by_key, key_params = in_list("idempotency_key", sorted({key for _, key in pairs}))
+    return Sent(
+        "SELECT id, organization_id, idempotency_key, request_hash, http_status, response FROM usage_usageevent"
+        f" WHERE {by_org} AND kind = %s AND {by_key}",
+        [*org_params, EventKind.USAGE.value, *key_params],
+    )
+
+
+def stored_events_read(sent: Sent | None) -> dict[tuple[int, str], StoredEvent]:
+    rows = sent.rows() if sent is not None else []
     return {
         (org_id, key): StoredEvent(pk, digest, status, json.loads(body) if isinstance(body, str | bytes) else body)
         for pk, org_id, key, digest, status, body in rows
@@ -226,17 +259,18 @@ def usage_record_batch(*, items: list[UsageInput], now: datetime) -> list[Outcom
     if not items:
         return []
     digests = [request_hash(item) for item in items]  # before the lock: less work while it is held
-    with transaction.atomic():
-        engine = Engine({item.organization_id for item in items}, now=now)
-        catalogue = engine.catalogue
-        stored = stored_events(organization_ids=list(engine.states), keys=list({i.idempotency_key for i in items}))
-        engine.preload(
-            {
-                (item.organization_id, meter.id)
-                for item in items
-                if (meter := catalogue.meters_by_key.get(item.meter)) is not None
-            }
-        )
+    meters_by_key = catalogue().meters_by_key
+    meter_ids = {meter.id for item in items if (meter := meters_by_key.get(item.meter)) is not None}
+    org_ids = sorted({item.organization_id for item in items})
+    # Three round trips on PostgreSQL: BEGIN; the lock with every read (sent together, they run in
+    # order once the lock is granted); every write, then COMMIT.
+    with transaction.atomic(), pipeline():
+        engine = Engine(org_ids, now=now, meters=meter_ids, with_lots=True, load=False)
+        sent_stored = stored_events_send(pairs={(i.organization_id, i.idempotency_key) for i in items})
+        sent_ids = event_ids_send(len(items))
+        engine.load()
+        stored = stored_events_read(sent_stored)
+        event_ids = [row[0] for row in sent_ids.rows()] if sent_ids is not None else None
         outcomes: list[Outcome] = []
         pending: list[tuple[Outcome, UsageEvent, list[LedgerEntry]]] = []
         seen: dict[tuple[int, str], tuple[str, Outcome]] = {}  # keys first used in this batch
@@ -262,7 +296,7 @@ def usage_record_batch(*, items: list[UsageInput], now: datetime) -> list[Outcom
                     repeats.append((len(outcomes), first))
                     outcomes.append(first)  # replaced below, once the first has its id
                 continue
-            meter = catalogue.meters_by_key.get(item.meter)
+            meter = meters_by_key.get(item.meter)
             if meter is None:
                 outcomes.append(unknown_meter(item.meter))
                 continue
@@ -296,7 +330,7 @@ def usage_record_batch(*, items: list[UsageInput], now: datetime) -> list[Outcom
             pending.append((outcome, event, entries))
         # Write: windows and events first (events get ids), then ledger entries that name them.
         windows = engine.flush_windows(defer_updates=True)
-        insert_events([event for _, event, _ in pending], along=[windows] if windows else [])
+        insert_events([event for _, event, _ in pending], along=[windows] if windows else [], ids=event_ids)
         for outcome, event, entries in pending:
             for entry in entries:
                 entry.reference = f"usage:{event.pk}"
