@@ -18,7 +18,7 @@ from django.http import HttpRequest
 from django.utils.translation import gettext_lazy as _
 
 from accounts.authentication import clear_cache
-from accounts.models import ApiKey, Membership, ServiceToken, User
+from accounts.models import ApiKey, Membership, NotificationPreference, ServiceToken, User
 from accounts.services import api_key_revoke
 from core import clock
 from core.admin import FastChangeListMixin, ReadOnlyAdmin
@@ -85,6 +85,22 @@ class UserAdmin(FastChangeListMixin, DjangoUserAdmin):
         return self.inlines if obj is not None else ()  # the add form asks for email and password only
 
 
+class NotificationPreferenceInline(admin.TabularInline):
+    """Saved email choices, read only: people change their own on the Notifications page."""
+
+    model = NotificationPreference
+    extra = 0
+    fields = ("category", "enabled", "updated_at")
+    readonly_fields = fields
+    can_delete = False
+
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
 @admin.register(Membership)
 class MembershipAdmin(FastChangeListMixin, admin.ModelAdmin):
     list_display = ("id", "organization", "user", "role", "created_at")
@@ -94,6 +110,25 @@ class MembershipAdmin(FastChangeListMixin, admin.ModelAdmin):
     search_fields = ("user__email", "organization__name")
     id_search_fields = ("pk", "organization_id", "user_id")
     ordering = ("-id",)
+    inlines = (NotificationPreferenceInline,)
+
+
+@admin.register(NotificationPreference)
+class NotificationPreferenceAdmin(ReadOnlyAdmin):
+    """Why someone did or did not get an email: the choices they saved (no row: their role's default).
+
+    Read only: people change their own choices on the Notifications page.
+    """
+
+    list_display = ("id", "membership", "category", "enabled", "updated_at")
+    list_filter = ("category", "enabled")
+    list_select_related = ("membership__user", "membership__organization")
+    raw_id_fields = ("membership",)
+    search_fields = ("membership__user__email", "^membership__organization__name")
+    id_search_fields = ("pk", "membership_id", "membership__organization_id")
+    ordering = ("-id",)
+    fields = ("membership", "category", "enabled", "updated_at")
+    readonly_fields = fields
 
 
 class RevokeActionMixin:

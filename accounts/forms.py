@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import unicodedata
 import zoneinfo
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 from django import forms
 from django.conf import settings
 from django.contrib.auth import password_validation
 from django.contrib.auth.forms import AuthenticationForm, PasswordResetForm
+from django.forms import BoundField
 from django.utils.translation import gettext_lazy as _
 
-from accounts.models import Role, User
+from accounts.models import NotificationCategory, Role, User
+from accounts.notifications import CATEGORY_INFO
 
 
 def _casefold(text: str) -> str:
@@ -134,3 +136,37 @@ class RoleForm(forms.Form):
     def __init__(self, *args: Any, actor_role: str = Role.MEMBER, **kwargs: Any):
         super().__init__(*args, **kwargs)
         self.fields["role"].choices = role_choices(actor_role)  # type: ignore[attr-defined]
+
+
+class NotificationPreferencesForm(forms.Form):
+    """A checkbox per category of email the viewer's role is offered (`choices`, from the selector
+    `notification_choices`). Categories the role is not offered have no field, and locked ones are
+    disabled, so a forged value for either is never read: Django keeps a disabled field's initial."""
+
+    GROUPS = (("usage", _("Usage and credits")), ("billing", _("Billing and payments")))
+
+    def __init__(self, *args: Any, choices: Mapping[NotificationCategory, tuple[bool, bool]], **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        for category, (enabled, locked) in choices.items():
+            name = str(category.value)
+            field = forms.BooleanField(
+                label=category.label,
+                required=False,
+                initial=enabled,
+                disabled=locked,
+                help_text=CATEGORY_INFO[category].description,
+            )
+            if locked:
+                field.widget.attrs["aria-describedby"] = f"id_{name}_helptext id_{name}_locked"
+            self.fields[name] = field
+
+    def groups(self) -> list[tuple[str, str, list[BoundField]]]:
+        """(key, legend, fields) for each group the viewer has a field in, in the page's order."""
+        by_group: dict[str, list[BoundField]] = {}
+        for name in self.fields:
+            by_group.setdefault(CATEGORY_INFO[NotificationCategory(name)].group, []).append(self[name])
+        return [(key, str(legend), by_group[key]) for key, legend in self.GROUPS if key in by_group]
+
+    def editable_choices(self) -> dict[str, bool]:
+        """The choices to save: every field the viewer may change (call after is_valid)."""
+        return {name: bool(self.cleaned_data[name]) for name, field in self.fields.items() if not field.disabled}

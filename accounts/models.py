@@ -95,6 +95,41 @@ class Membership(models.Model):
         return self.role in (Role.OWNER, Role.ADMIN)
 
 
+class NotificationCategory(models.TextChoices):
+    """What an email is about; people choose per category (accounts/notifications.py maps each kind)."""
+
+    USAGE_ALERTS = "usage_alerts", _("Usage alerts")
+    ALLOWANCE_RESETS = "allowance_resets", _("Allowance resets")
+    CREDIT_BALANCE = "credit_balance", _("Credit balance")
+    RECEIPTS = "receipts", _("Purchases and receipts")
+    AUTO_TOPUP = "auto_topup", _("Auto top-up charges")
+    RENEWALS = "renewals", _("Plan renewals")
+    PAYMENT_PROBLEMS = "payment_problems", _("Payment problems")
+
+
+class NotificationPreference(models.Model):
+    """One person's choice for one category of email in one organization.
+
+    Only choices someone saved are stored; without a row the role's default applies, and the role
+    decides what may be chosen at all (accounts/notifications.py), so a row never widens it.
+    """
+
+    membership = models.ForeignKey(Membership, on_delete=models.CASCADE, related_name="notification_preferences")
+    category = models.CharField(max_length=32, choices=NotificationCategory.choices)
+    enabled = models.BooleanField()
+    updated_at = models.DateTimeField()
+
+    class Meta:
+        verbose_name = _("notification preference")
+        verbose_name_plural = _("notification preferences")
+        constraints = [
+            models.UniqueConstraint(fields=["membership", "category"], name="notification_pref_unique"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.category} {'on' if self.enabled else 'off'} for membership #{self.membership_id}"
+
+
 class ApiKey(models.Model):
     """A customer's key, bound to one organization. Shown once; stored as SHA-256 of the secret.
 

@@ -1,6 +1,11 @@
 from __future__ import annotations
 
-from accounts.models import ApiKey, Membership, Organization, ServiceToken
+from collections.abc import Collection
+
+from django.db.models import FilteredRelation, Q
+
+from accounts.models import ApiKey, Membership, NotificationCategory, Organization, ServiceToken
+from accounts.notifications import MANAGER_ROLES, categories_offered, category_locked, receives
 
 
 def api_key_by_secret_hash(key_hash: str) -> ApiKey | None:
@@ -25,3 +30,54 @@ def organization_get(*, organization_id: int) -> Organization | None:
 
 def is_member(*, organization_id: int, user_id: int) -> bool:
     return Membership.objects.filter(organization_id=organization_id, user_id=user_id).exists()
+
+
+# Notification preferences -------------------------------------------------------------------------
+
+
+def notification_choices(*, membership: Membership) -> dict[NotificationCategory, tuple[bool, bool]]:
+    """For each category the member's role is offered, in the page's order: (receives it, locked on)."""
+    saved = dict(membership.notification_preferences.values_list("category", "enabled"))
+    return {
+        category: (
+            receives(role=membership.role, category=category, choice=saved.get(category)),
+            category_locked(membership.role, category),
+        )
+        for category in categories_offered(membership.role)
+    }
+
+
+def notification_recipients(
+    *, organization_ids: Collection[int], categories: Collection[str]
+) -> dict[tuple[int, str], list[str]]:
+    """Who gets emails of each category in each organization: {(organization id, category): emails}.
+
+    One query for any number of organizations and categories (the senders call it once per batch):
+    active people who manage the organization, plus members who saved an opt-in; each person's role,
+    default and saved choice then decide (accounts/notifications.py). Emails in membership order.
+    """
+    wanted = set(categories)
+    if not wanted or not organization_ids:
+        return {}
+    rows = (
+        Membership.objects.annotate(
+            pref=FilteredRelation(
+                "notification_preferences", condition=Q(notification_preferences__category__in=wanted)
+            )
+        )
+        .filter(organization_id__in=set(organization_ids), user__is_active=True)
+        .filter(Q(role__in=list(MANAGER_ROLES)) | Q(pref__enabled=True))
+        .order_by("id", "pref__category")
+        .values_list("id", "organization_id", "user__email", "role", "pref__category", "pref__enabled")
+    )
+    people: dict[int, tuple[int, str, str, dict[str, bool]]] = {}
+    for membership_id, org_id, email, role, category, enabled in rows:
+        person = people.setdefault(membership_id, (org_id, email, role, {}))
+        if category is not None:
+            person[3][category] = enabled
+    recipients: dict[tuple[int, str], list[str]] = {}
+    for org_id, email, role, saved in people.values():
+        for category in wanted:
+            if receives(role=role, category=category, choice=saved.get(category)):
+                recipients.setdefault((org_id, category), []).append(email)
+    return recipients

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+from collections.abc import Mapping
 from datetime import datetime
 
 from django.db import transaction
 from django.utils.translation import gettext_lazy as _
 
-from accounts.models import ApiKey, Membership, Organization, Role, ServiceToken, User
+from accounts.models import ApiKey, Membership, NotificationPreference, Organization, Role, ServiceToken, User
+from accounts.notifications import category_editable
 from core.errors import DomainError, NotFound
 
 API_KEY_PREFIX = "fck_"
@@ -119,3 +121,30 @@ def user_preferences_set(*, user: User, timezone: str | None = None, language: s
     if fields:
         user.save(update_fields=fields)
     return user
+
+
+def notification_preferences_set(*, membership: Membership, choices: Mapping[str, bool], now: datetime) -> None:
+    """Save a person's choice per category of email in one organization (one statement).
+
+    Refuses a category their role may not change (a member's billing emails, an owner's payment
+    emails) rather than storing a choice that would never apply.
+    """
+    refused = sorted(category for category in choices if not category_editable(membership.role, category))
+    if refused:
+        raise DomainError(
+            str(_("These notifications cannot be changed for your role.")),
+            code="notification_not_editable",
+            status=403,
+            categories=refused,
+        )
+    if not choices:
+        return
+    NotificationPreference.objects.bulk_create(
+        [
+            NotificationPreference(membership=membership, category=category, enabled=enabled, updated_at=now)
+            for category, enabled in choices.items()
+        ],
+        update_conflicts=True,
+        unique_fields=["membership", "category"],
+        update_fields=["enabled", "updated_at"],
+    )

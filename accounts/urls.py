@@ -15,4 +15,5 @@ urlpatterns = [
     path("settings/language/", views.language_set, name="language_set"),
     path("orgs/<int:org_id>/keys/", views.api_keys, name="org_api_keys"),
     path("orgs/<int:org_id>/keys/<int:key_id>/revoke/", views.api_key_revoke_view, name="org_api_key_revoke"),
+    path("orgs/<int:org_id>/notifications/", views.notifications_page, name="org_notifications"),
 ]

@@ -1,4 +1,5 @@
-"""Dashboard pages about people and access: log in and out, password reset, settings, API keys.
+"""Dashboard pages about people and access: log in and out, password reset, settings, API keys,
+and which emails each person gets from an organization.
 
 Also the plumbing every dashboard page uses: `org_page` resolves the organization in the URL
 against the viewer's memberships (another organization's page is a 404, a manager-only action by
@@ -32,11 +33,13 @@ from accounts.forms import (
     ApiKeyCreateForm,
     EmailAuthenticationForm,
     InviteAwarePasswordResetForm,
+    NotificationPreferencesForm,
     ProfileForm,
     timezone_valid,
 )
 from accounts.models import ApiKey, Membership, Organization, Role, User
-from accounts.services import api_key_create, api_key_revoke, user_preferences_set
+from accounts.selectors import notification_choices
+from accounts.services import api_key_create, api_key_revoke, notification_preferences_set, user_preferences_set
 from core.clock import now as clock_now
 
 SESSION_ORG = "current_org_id"
@@ -324,3 +327,28 @@ def api_key_revoke_view(request: HttpRequest, ctx: OrgContext, key_id: int) -> H
         request, _("The key “%(name)s” is revoked. Requests with it are refused from now on.") % {"name": key.name}
     )
     return redirect(reverse("org_api_keys", kwargs={"org_id": ctx.organization.pk}))
+
+
+# Notifications ----------------------------------------------------------------------------------
+
+
+@org_page()
+def notifications_page(request: HttpRequest, ctx: OrgContext) -> HttpResponse:
+    """The viewer's own choice of emails from this organization. Any member may change theirs;
+    the role decides what is offered (accounts/notifications.py)."""
+    membership = ctx.membership
+    saved = False
+    if request.method == "POST":
+        form = NotificationPreferencesForm(request.POST, choices=notification_choices(membership=membership))
+        if form.is_valid():
+            notification_preferences_set(membership=membership, choices=form.editable_choices(), now=clock_now())
+            if not request.headers.get("HX-Request"):
+                messages.success(request, _("Your notification settings are saved."))
+                return redirect("org_notifications", org_id=ctx.organization.pk)
+            saved = True
+    form = NotificationPreferencesForm(choices=notification_choices(membership=membership))
+    if saved:
+        # htmx: the form again, as saved, and the confirmation in the page's status region.
+        page = {"form": form, "org": ctx.organization, "membership": membership, "saved": True}
+        return render(request, "accounts/notifications.html#notifications-form", page)
+    return render_org(request, ctx, "accounts/notifications.html", {"form": form}, active="notifications")

@@ -58,3 +58,19 @@ def format_money(amount: int, currency: str) -> str:
         return str(amount)
     places = len(str(per_major)) - 1
     return f"{Decimal(amount).scaleb(-places):.{places}f}"
+
+
+CURRENCY_SYMBOLS = {"usd": "$", "eur": "€", "gbp": "£", "jpy": "¥"}
+
+
+def money_display(amount: int, currency: str, *, language: str | None) -> str:
+    """Minor units for people, grouped, as the dashboard writes them: "$28.00", "¥6,000", and in
+    Japanese "6,000円" (usage/templatetags/dashboard.money is the same rule for templates)."""
+    cur = currency.lower()
+    per_major = minor_units_per_major(cur)
+    major = Decimal(int(amount)) / per_major
+    digits = f"{major:,.0f}" if per_major == 1 else f"{major:,.2f}"
+    if cur == "jpy" and (language or "").startswith("ja"):
+        return f"{digits}円"
+    symbol = CURRENCY_SYMBOLS.get(cur)
+    return f"{symbol}{digits}" if symbol else f"{digits} {cur.upper()}"

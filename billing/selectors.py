@@ -14,8 +14,9 @@ from billing.models import (
     LedgerEntry,
     PurchaseKind,
     PurchaseStatus,
+    StripeCustomer,
 )
-from billing.pricing import format_money
+from billing.pricing import format_money, pack_rate_pack
 from billing.services.book import DRAW_ORDER
 from core.money import format_decimal
 
@@ -27,7 +28,7 @@ def credit_account(*, organization_id: int) -> CreditAccount | None:
 def lots_open(*, organization_id: int, now: datetime) -> QuerySet[CreditLot]:
     """Lots with credits left that have not expired, in draw order."""
     return (
-        CreditLot.objects.filter(organization_id=organization_id, remaining__gt=0)
+        CreditLot.objects.filter(organization_id=organization_id, is_open=True)
         .exclude(expires_at__lte=now)
         .order_by(*DRAW_ORDER)
     )
@@ -39,6 +40,33 @@ def ledger_entries(*, organization_id: int) -> QuerySet[LedgerEntry]:
 
 def packs_active() -> QuerySet[CreditPack]:
     return CreditPack.objects.filter(is_active=True)
+
+
+def pack_rate(*, currency: str) -> CreditPack | None:
+    """The pack whose price per credit prices (and whose expiry dates) auto top-ups in `currency`."""
+    return pack_rate_pack(currency)
+
+
+def card_on_file(*, organization_id: int) -> StripeCustomer | None:
+    """The organization's Stripe customer when it has a default card (what purchases charge), else None."""
+    customer = StripeCustomer.objects.filter(organization_id=organization_id).first()
+    return customer if customer is not None and customer.has_card else None
+
+
+def plan_upgrade_waiting(*, organization_id: int) -> CreditPurchase | None:
+    """The organization's plan upgrade whose payment waits for the bank (3-D Secure), if any
+    (at most one plan payment is in flight)."""
+    return (
+        CreditPurchase.objects.select_related("plan")
+        .filter(
+            organization_id=organization_id,
+            kind=PurchaseKind.PLAN_UPGRADE,
+            status=PurchaseStatus.REQUIRES_ACTION,
+            payment_intent_id__isnull=False,
+        )
+        .order_by("-id")
+        .first()
+    )
 
 
 RECEIPT_STATUSES = (PurchaseStatus.SUCCEEDED, PurchaseStatus.REFUNDED)

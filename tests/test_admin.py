@@ -15,8 +15,8 @@ from django.test import Client
 from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 
-from accounts.models import ApiKey, Membership, Organization, Role, ServiceToken, User
-from accounts.services import api_key_create, service_token_create
+from accounts.models import ApiKey, Membership, NotificationPreference, Organization, Role, ServiceToken, User
+from accounts.services import api_key_create, notification_preferences_set, service_token_create
 from billing.models import (
     BillingNotice,
     BillingNoticeKind,
@@ -54,6 +54,7 @@ READ_ONLY = [
     RollupCursor,
     BenchmarkRow,
     BillingNotice,
+    NotificationPreference,
 ]
 
 
@@ -131,6 +132,9 @@ def data():
     BenchmarkRow.objects.create(note="baseline")
     api_key_create(organization=org, name="ci key")
     service_token_create(name="worker", scope="usage")
+    notification_preferences_set(
+        membership=Membership.objects.get(organization=org, user=owner), choices={"usage_alerts": False}, now=T0
+    )
     return {"org": org, "owner": owner, "allowance": allowance, "lot": lot}
 
 
@@ -172,6 +176,7 @@ def test_every_model_of_ours_is_registered():
         "DailyUsage",
         "RollupCursor",
         "BillingNotice",
+        "NotificationPreference",
     }
 
 
@@ -224,7 +229,8 @@ def test_changelist_queries_do_not_grow_with_rows(site, data):
     # Given the pages as they are, then 20 more organizations with ledger entries and events
     def counts() -> dict[str, int]:
         result = {}
-        for model in (LedgerEntry, UsageEvent, Organization, CreditLot, AllowanceWindow, Reservation, Membership):
+        models = (LedgerEntry, UsageEvent, Organization, CreditLot, AllowanceWindow, Reservation, Membership)
+        for model in (*models, NotificationPreference):
             with CaptureQueriesContext(connection) as ctx:
                 assert site.get(url(model, "changelist")).status_code == 200
             result[model.__name__] = len(ctx.captured_queries)
@@ -233,6 +239,9 @@ def test_changelist_queries_do_not_grow_with_rows(site, data):
     before = counts()
     for i in range(20):
         org = make_org(plan=data["allowance"].plan, owner=UserFactory())
+        notification_preferences_set(
+            membership=org.memberships.get(), choices={"usage_alerts": False, "credit_balance": True}, now=T0
+        )
         credits_grant(organization_id=org.pk, credits=Decimal("9"), now=T0)
         usage_record(
             item=UsageInput(

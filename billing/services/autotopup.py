@@ -130,7 +130,12 @@ def _check_settings(
         raise DomainError("Set a monthly limit for automatic top-ups.", code="validation_error", field="monthly_cap")
     pack = pricing.pack_rate_pack(currency)
     if pack is None:
-        raise DomainError(f"Credits are not sold in {currency.upper()}.", code="currency_not_sold", field="currency")
+        raise DomainError(
+            f"Credits are not sold in {currency.upper()}.",
+            code="currency_not_sold",
+            field="currency",
+            currency=currency,
+        )
     one = pricing.price_at_pack_rate(target_balance - min_balance, pack)
     if one < pricing.minimum_charge(currency):
         raise DomainError(
@@ -145,6 +150,8 @@ def _check_settings(
             f"{currency.upper()}).",
             code="validation_error",
             field="monthly_cap",
+            minimum_amount=one,  # the page words it in the viewer's language
+            currency=currency,
         )
     customer = StripeCustomer.objects.filter(organization_id=organization_id).first()
     if customer is None or not customer.has_card:

@@ -1,4 +1,4 @@
-"""Emails about money to the people who manage an organization's billing (owners and admins).
+"""Emails about money to the people who manage an organization's billing (owners, and admins who want them).
 
 `billing_notice_add` writes a BillingNotice in the caller's transaction (the outbox);
 `billing_notices_send` (a Celery beat task) emails the unsent ones, each once.
@@ -11,7 +11,8 @@ from datetime import datetime
 from django.core.mail import send_mail
 from django.db import transaction
 
-from accounts.models import Membership, Role
+from accounts.notifications import category_for_kind
+from accounts.selectors import notification_recipients
 from billing.models import BillingNotice, CreditPurchase
 
 
@@ -44,9 +45,10 @@ def billing_notice_add(
 
 
 def billing_notices_send(*, now: datetime, limit: int = 200) -> int:
-    """Email each unsent notice to the organization's owners and admins, once; returns how many were
-    emailed. Rows are claimed with SKIP LOCKED and stamped in the same transaction, so two workers
-    never send the same one, and a crash before commit leaves it for the next run."""
+    """Email each unsent notice once, to the people who get its category (owners always get payment
+    emails; admins unless they opted out); returns how many were emailed. Rows are claimed with SKIP
+    LOCKED and stamped in the same transaction, so two workers never send the same one, and a crash
+    before commit leaves it for the next run."""
     sent = 0
     with transaction.atomic():
         notices = list(
@@ -56,19 +58,12 @@ def billing_notices_send(*, now: datetime, limit: int = 200) -> int:
         )
         if not notices:
             return 0
-        recipients: dict[int, list[str]] = {}
-        for org_id, email in (
-            Membership.objects.filter(
-                organization_id__in={n.organization_id for n in notices},
-                role__in=[Role.OWNER, Role.ADMIN],
-                user__is_active=True,
-            )
-            .order_by("id")
-            .values_list("organization_id", "user__email")
-        ):
-            recipients.setdefault(org_id, []).append(email)
+        recipients = notification_recipients(
+            organization_ids={n.organization_id for n in notices},
+            categories={category_for_kind(n.kind) for n in notices},
+        )
         for notice in notices:
-            to = recipients.get(notice.organization_id, [])
+            to = recipients.get((notice.organization_id, category_for_kind(notice.kind)), [])
             if to:
                 send_mail(notice.subject, notice.body, None, to, fail_silently=False)
                 sent += 1

@@ -577,12 +577,31 @@ def purchase_refund(*, purchase_id: int, amount: int | None = None, now: datetim
     return taken or ZERO
 
 
-def purchase_refresh(*, organization_id: int, purchase_id: int, now: datetime) -> CreditPurchase:
-    """Settle an open purchase of this organization from its PaymentIntent as Stripe has it now
-    (after the browser completed 3-D Secure). A settled one is returned unchanged. Outside any
-    transaction (network)."""
+def purchase_authentication_secret(
+    *, organization_id: int, purchase_id: int, kind: PurchaseKind = PurchaseKind.PURCHASE
+) -> str:
+    """The client secret Stripe.js's confirmCardPayment needs to run 3-D Secure in the browser, for a
+    purchase of this organization (of `kind`) that waits for it. Outside any transaction (network)."""
+    purchase = CreditPurchase.objects.filter(pk=purchase_id, organization_id=organization_id, kind=kind).first()
+    if purchase is None:
+        raise NotFound("There is no such purchase.", code="purchase_not_found")
+    not_waiting = Conflict("This payment does not wait for your bank.", code="purchase_not_awaiting_authentication")
+    if purchase.status != PurchaseStatus.REQUIRES_ACTION or not purchase.payment_intent_id:
+        raise not_waiting
+    intent = gateway.payment_intent_retrieve(payment_intent=purchase.payment_intent_id)
+    if intent.status != "requires_action" or not intent.client_secret:
+        raise not_waiting
+    return intent.client_secret
+
+
+def purchase_refresh(
+    *, organization_id: int, purchase_id: int, now: datetime, kind: PurchaseKind = PurchaseKind.PURCHASE
+) -> CreditPurchase:
+    """Settle an open purchase of this organization (of `kind`: a credit pack by default, or a plan
+    upgrade) from its PaymentIntent as Stripe has it now (after the browser completed 3-D Secure).
+    A settled one is returned unchanged. Outside any transaction (network)."""
     purchase = CreditPurchase.objects.filter(pk=purchase_id, organization_id=organization_id).first()
-    if purchase is None or purchase.kind != PurchaseKind.PURCHASE:
+    if purchase is None or purchase.kind != kind:
         raise NotFound("There is no such purchase.", code="purchase_not_found")
     if purchase.status not in CreditPurchase.OPEN_STATUSES or not purchase.payment_intent_id:
         return purchase

@@ -14,7 +14,7 @@ from decimal import Decimal
 from django.test import Client
 from django.urls import reverse
 
-from billing.models import CreditPurchase, StripeCustomer
+from billing.models import CreditPack, CreditPurchase, StripeCustomer
 from tests.billing.payment_support import assert_nothing_granted, balance, ledger
 from tests.billing.stripe_fixtures import (
     CARD_DECLINED_ON_ATTACH,
@@ -44,11 +44,84 @@ def test_the_owner_sees_packs_the_card_on_file_and_a_button_with_the_amount(worl
     page = text(client_for(world["olga"]).get(f"/orgs/{world['org'].pk}/"))
     # then the dialog lists the three packs, names the card and states the amount on the button
     assert page.count('name="pack"') == 3
-    assert "Charged now to your Visa •••• 4242." in page
+    assert "<dt>Payment method</dt> <dd>Your Visa •••• 4242 (the card on file)</dd>" in page
     assert "data-pay-button>Pay $40.00</button>" in page
     assert 'data-pay-label="Pay ¥6,000"' in page
     assert "¥6,000 (tax included)" in page
     assert "Payments arrive in the next release" not in page
+
+
+def terms(page: str) -> str:
+    """The buy dialog's order summary (its <dl>), whitespace collapsed."""
+    start = page.index('<dl class="buy-terms" aria-labelledby="buy-terms-title" data-buy-terms>')
+    return page[start : page.index("</dl>", start)]
+
+
+def test_the_final_confirmation_states_what_the_law_asks_for_each_pack(world, localstripe):
+    # given Olga's Visa 4242 on file and the demo packs (credits-1000 first, selected)
+    card_on_file(localstripe, world["org"], CARD_SUCCEEDS)
+    # when she opens the dialog on the credits page
+    summary = terms(text(client_for(world["olga"]).get(f"/orgs/{world['org'].pk}/credits/")))
+    # then the summary states quantity, price with tax, card and timing, delivery, expiry and the
+    # cancellation terms, in that order; only the selected pack's rows are shown
+    assert (
+        '<div data-pack-terms="credits-1000"> <dt>Quantity</dt> <dd>1,000 credits</dd> </div> '
+        '<div data-pack-terms="credits-1000"> <dt>Price</dt> <dd>$40.00 (tax included)</dd> </div>'
+    ) in summary
+    assert (
+        '<div data-pack-terms="credits-1000-jpy" hidden> <dt>Price</dt> <dd>¥6,000 (tax included)</dd> </div>'
+    ) in summary
+    assert (
+        "<div> <dt>Payment method</dt> <dd>Your Visa •••• 4242 (the card on file)</dd> </div> "
+        "<div> <dt>Payment timing</dt> <dd>Charged at once when you press the Pay button below.</dd> </div> "
+        "<div> <dt>Delivery</dt> <dd>The credits are added as soon as the payment succeeds.</dd> </div>"
+    ) in summary
+    assert (
+        '<div data-pack-terms="credits-1000"> <dt>Expiry of credits</dt> '
+        "<dd>The credits expire 365 days after the payment.</dd> </div>"
+    ) in summary
+    assert summary.count("<dt>Quantity</dt>") == summary.count("<dt>Expiry of credits</dt>") == 3
+    assert summary.count(" hidden>") == 6
+    credits_url = f"/orgs/{world['org'].pk}/credits/"
+    assert (
+        '<div> <dt>Cancellation and refunds</dt> <dd> <p class="policy">'
+        "Purchases cannot be cancelled once the credits are added. Unused credits that have not expired can be "
+        "refunded on request: the unused part of the price, pro rata, goes back to the card that paid.</p> "
+        f'<a href="{credits_url}#refund-policy" target="_blank" rel="noopener">'
+        "Refund terms in full (opens in a new tab)</a></dd> </div>"
+    ) in summary
+    assert summary.index("Quantity") < summary.index("Price") < summary.index("Payment method")
+    assert summary.index("Delivery") < summary.index("Expiry of credits") < summary.index("Cancellation")
+
+
+def test_a_pack_without_expiry_says_so(world, localstripe):
+    CreditPack.objects.filter(key="credits-2500").update(expires_after_days=None)
+    card_on_file(localstripe, world["org"], CARD_SUCCEEDS)
+
+    summary = terms(text(client_for(world["olga"]).get(f"/orgs/{world['org'].pk}/")))
+
+    assert (
+        '<div data-pack-terms="credits-2500" hidden> <dt>Expiry of credits</dt> '
+        "<dd>The credits do not expire.</dd> </div>"
+    ) in summary
+
+
+def test_in_japanese_the_final_confirmation_reads_as_the_law_asks(world, localstripe):
+    card_on_file(localstripe, world["org"], CARD_SUCCEEDS)
+    client = client_for(world["olga"])
+    client.post(reverse("language_set"), {"language": "ja", "next": "/"})
+
+    summary = terms(text(client.get(f"/orgs/{world['org'].pk}/credits/")))
+
+    assert "<dt>数量</dt> <dd>1,000 クレジット</dd>" in summary
+    assert "<dt>価格</dt> <dd>6,000円（税込）</dd>" in summary
+    assert "<dt>お支払い方法</dt> <dd>登録済みの Visa •••• 4242</dd>" in summary
+    assert "<dt>お支払い時期</dt> <dd>下のお支払いボタンを押した時点で、直ちに請求されます。</dd>" in summary
+    assert "<dt>提供時期</dt> <dd>お支払いが完了するとすぐにクレジットが追加されます。</dd>" in summary
+    assert "<dt>有効期限</dt> <dd>クレジットの有効期限は、お支払いから 365 日後です。</dd>" in summary
+    assert "<dt>キャンセル・返金</dt>" in summary
+    assert "クレジットの追加後は、購入をキャンセルできません。有効期限内の未使用クレジットは" in summary
+    assert "返金条件の全文（新しいタブで開きます）</a>" in summary
 
 
 def test_in_japanese_yen_have_no_minor_unit_and_include_tax(world, localstripe):
@@ -61,7 +134,7 @@ def test_in_japanese_yen_have_no_minor_unit_and_include_tax(world, localstripe):
     assert "6,000円（税込）" in page
     assert 'data-pay-label="6,000円 を支払う"' in page
     assert "$40.00 を支払う</button>" in page
-    assert "Visa •••• 4242 に今すぐ請求されます。" in page
+    assert "登録済みの Visa •••• 4242" in page
 
 
 def test_without_a_card_the_dialog_offers_to_add_one(world, localstripe):
@@ -197,7 +270,7 @@ def test_adding_a_card_saves_it_and_offers_to_pay(world, localstripe):
     assert response.status_code == 200
     page = text(response)
     assert "Your card is saved. You can buy now." in page
-    assert "Charged now to your Visa •••• 4242." in page
+    assert "Your Visa •••• 4242 (the card on file)" in page
     assert "Pay $40.00" in page
     customer = StripeCustomer.objects.get(organization=org)
     assert (customer.default_payment_method_id, customer.card_brand, customer.card_last4) == (pm, "visa", "4242")

@@ -15,7 +15,7 @@ from django.urls import reverse
 from django.utils import translation
 
 from billing.forms import AutoTopUpForm
-from billing.models import CreditAccount, StripeCustomer
+from billing.models import CreditAccount, CreditPack, StripeCustomer
 from tests.billing.stripe_fixtures import CARD_SUCCEEDS
 from tests.billing.view_support import card_on_file, client_for
 
@@ -77,6 +77,20 @@ def test_the_owner_turns_auto_top_up_on_and_the_page_says_what_one_top_up_charge
     assert "At most $100.00 per calendar month; no top-up is charged beyond it." in page
     assert "Charged to your Visa •••• 4242" in page
     assert "Untick “Turn on automatic top-up” below and save." in page
+    # and what a top-up's credits are worth: tax included, their expiry, the refund terms on the page
+    assert "Minimum 700 credits will be purchased, equivalent to $28.00. (tax included)" in page
+    assert "<dt>Expiry of credits</dt> <dd>The credits expire 365 days after the payment.</dd>" in page
+    assert (
+        '<dd>Top-ups follow the same <a href="#refund-policy">cancellation and refund terms</a> as credit packs.</dd>'
+    ) in page
+    policy = page[page.index('<section id="refund-policy"') :]
+    assert '<h2 id="refund-policy-title" class="section-title">Cancellation and refunds</h2>' in policy
+    assert (
+        "Purchases cannot be cancelled once the credits are added. Unused credits that have not expired can be "
+        "refunded on request: the unused part of the price, pro rata, goes back to the card that paid."
+    ) in policy
+    assert "Used or expired credits are not refunded." in policy
+    assert "These terms apply to credit packs and to automatic top-ups." in policy
 
 
 def test_the_owner_turns_auto_top_up_off_and_the_settings_are_kept(world, localstripe):
@@ -99,7 +113,7 @@ def test_the_owner_turns_auto_top_up_off_and_the_settings_are_kept(world, locals
     ("fields", "message"),
     [
         ({**ON, "target_balance": "100"}, "The target balance must be more than the minimum balance."),
-        ({**ON, "monthly_cap": "27.99"}, "The monthly limit must cover at least one top-up (28.00 USD)."),
+        ({**ON, "monthly_cap": "27.99"}, "The monthly limit must cover at least one top-up ($28.00)."),
         ({**ON, "min_balance": "", "target_balance": ""}, "This field is required."),
         ({**ON, "min_balance": "-5"}, "Ensure this value is greater than or equal to 0."),
         ({**ON, "monthly_cap": "lots"}, "Enter a number."),
@@ -297,6 +311,34 @@ def test_in_japanese_auto_top_up_states_the_charge_trigger_cap_and_how_to_turn_i
     # and a rule's error is translated too
     bad = save_auto(client, world["org"], **{**ON, "target_balance": "50"})
     assert "目標残高は最低残高より大きくしてください。" in text(bad)
+
+
+def test_in_japanese_the_rules_with_an_amount_or_a_currency_are_translated(world, localstripe):
+    # given Olga reading Japanese, with a card on file
+    card_on_file(localstripe, world["org"], CARD_SUCCEEDS)
+    client = client_for(world["olga"])
+    client.post(reverse("language_set"), {"language": "ja", "next": "/"})
+    # when the monthly limit does not cover one top-up ($28.00)
+    low = text(save_auto(client, world["org"], **{**ON, "monthly_cap": "27.99"}))
+    # then the sentence is Japanese, with the amount written as the page writes money
+    assert "月間上限は、自動チャージ1回分（$28.00）以上にしてください。" in low
+    # and when no pack is on sale in the account's currency
+    CreditPack.objects.update(is_active=False)
+    unsold = text(save_auto(client, world["org"], **ON))
+    assert "USD ではクレジットを販売していません。" in unsold
+    assert auto_state(world["org"])[0] is False
+
+
+def test_in_japanese_a_yen_amount_in_a_rule_is_written_in_yen(world, localstripe):
+    # given Olga's account priced in yen (credits-1000-jpy: ¥6,000 for 1,000 credits, ¥6 a credit)
+    card_on_file(localstripe, world["org"], CARD_SUCCEEDS)
+    client = client_for(world["olga"])
+    CreditAccount.objects.filter(organization=world["org"]).update(auto_topup_currency="jpy")
+    client.post(reverse("language_set"), {"language": "ja", "next": "/"})
+    # when the limit covers less than one top-up from 100 to 800 credits (¥4,200)
+    page = text(save_auto(client, world["org"], **{**ON, "monthly_cap": "4199"}))
+    # then the amount is grouped and in 円
+    assert "月間上限は、自動チャージ1回分（4,200円）以上にしてください。" in page
 
 
 def test_the_monthly_limit_is_whole_yen_in_jpy_and_is_stored_in_minor_units():

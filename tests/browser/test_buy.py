@@ -19,6 +19,7 @@ from billing.services.purchases import card_set_default
 from core.clock import now
 from plans.selectors import catalogue_clear
 from tests.billing.stripe_fixtures import CARD_DECLINED_ON_ATTACH, CARD_REQUIRES_ACTION, CARD_SUCCEEDS
+from tests.browser.conftest import SCREENSHOT_DIR
 from tests.browser.test_dashboard import log_in, owner_with_member, use
 from usage.management.commands.seed_demo import seed_catalogue
 
@@ -89,7 +90,7 @@ def test_add_a_card_and_buy_with_4242_the_balance_changes_and_the_banner_goes(
     assert axe("#buy-dialog") == []
     dialog.get_by_role("button", name="Save card").click()
     expect(dialog).to_contain_text("Your card is saved. You can buy now.")
-    expect(dialog).to_contain_text("Charged now to your Visa •••• 4242.")
+    expect(dialog).to_contain_text("Your Visa •••• 4242 (the card on file)")
     assert axe("#buy-dialog") == []
     shoot("11-buy-card-on-file")
 
@@ -110,14 +111,35 @@ def test_add_a_card_and_buy_with_4242_the_balance_changes_and_the_banner_goes(
     shoot("13-buy-overview-after")
 
 
-def test_the_confirm_button_follows_the_chosen_pack(live_server, page, localstripe, blocked_owner):
+def test_the_confirm_button_and_the_order_summary_follow_the_chosen_pack(
+    live_server, page, localstripe, blocked_owner, shoot, axe
+):
     pm = localstripe.payment_method_create(CARD_SUCCEEDS)
     card_set_default(organization_id=blocked_owner, payment_method_id=pm, now=now())
     dialog = open_dialog(page, live_server.url, blocked_owner)
+    summary = dialog.locator("[data-buy-terms]")
+    expect(summary.locator("dd:visible")).to_have_text(
+        [
+            "1,000 credits",
+            "$40.00 (tax included)",
+            "Your Visa •••• 4242 (the card on file)",
+            "Charged at once when you press the Pay button below.",
+            "The credits are added as soon as the payment succeeds.",
+            "The credits expire 365 days after the payment.",
+            re.compile(
+                r"^\s*Purchases cannot be cancelled .* card that paid\.\s*Refund terms in full \(opens in a new tab\)$"
+            ),
+        ]
+    )
 
     dialog.get_by_role("radio", name=re.compile("2,500 credits")).check()
 
     expect(dialog.get_by_role("button", name="Pay $100.00")).to_be_visible()
+    expect(summary.locator("dd:visible").nth(0)).to_have_text("2,500 credits")
+    expect(summary.locator("dd:visible").nth(1)).to_have_text("$100.00 (tax included)")
+    expect(summary.locator("dd:visible")).to_have_count(7)
+    assert axe("#buy-dialog") == []
+    shoot("18-buy-order-summary")
 
 
 def test_a_card_0002_is_declined_and_nothing_changes(live_server, page, localstripe, blocked_owner, shoot):
@@ -190,3 +212,34 @@ def test_a_double_click_on_pay_charges_once(live_server, page, localstripe, bloc
     assert CreditPurchase.objects.filter(organization_id=org_id).count() == 1
     assert len(localstripe.charges()) == 1
     assert balance(org_id) == 1000
+
+
+@pytest.mark.parametrize("language", ["en", "ja"])
+def test_the_order_summary_reads_on_a_phone(live_server, page, localstripe, blocked_owner, shoot, axe, language):
+    # given a phone-sized screen, and the owner reading English or Japanese
+    page.set_viewport_size({"width": 375, "height": 740})
+    pm = localstripe.payment_method_create(CARD_SUCCEEDS)
+    card_set_default(organization_id=blocked_owner, payment_method_id=pm, now=now())
+    log_in(page, live_server.url, "owner@example.com")
+    if language == "ja":
+        page.get_by_role("button", name="日本語").click()
+        expect(page.locator("html")).to_have_attribute("lang", "ja")
+    # when she opens the buy dialog from the credits page
+    page.goto(f"{live_server.url}/orgs/{blocked_owner}/credits/")
+    page.get_by_role("button", name="クレジットを購入" if language == "ja" else "Buy credits").click()
+    dialog = page.get_by_role("dialog")
+    terms = dialog.locator("[data-buy-terms]")
+    # then the summary and the button fit the screen's width (no sideways scrolling)
+    expect(terms).to_be_visible()
+    pay = dialog.locator("[data-pay-button]")
+    expect(pay).to_have_text("$40.00 を支払う" if language == "ja" else "Pay $40.00")
+    for box in (dialog.bounding_box(), terms.bounding_box(), pay.bounding_box()):
+        assert box is not None and box["x"] >= 0 and box["x"] + box["width"] <= 375
+    if language == "ja":
+        expect(terms).to_contain_text("お支払いボタンを押した時点で、直ちに請求されます。")
+        expect(terms).to_contain_text("クレジットの追加後は、購入をキャンセルできません。")
+    assert axe("#buy-dialog") == []
+    shoot(f"19-buy-summary-phone-{language}")
+    # the dialog as the phone shows it, scrolled to the summary (full-page shots do not scroll it)
+    terms.scroll_into_view_if_needed()
+    page.screenshot(path=str(SCREENSHOT_DIR / f"19-buy-summary-phone-{language}-scrolled.png"))

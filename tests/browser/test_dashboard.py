@@ -162,7 +162,7 @@ def test_switching_to_japanese_translates_the_page(live_server, page, catalogue,
     assert User.objects.get(email="owner@example.com").language == "ja"
 
 
-@pytest.mark.parametrize("path", ["usage/", "credits/", "plans/", "keys/", "team/"])
+@pytest.mark.parametrize("path", ["usage/", "credits/", "plans/", "keys/", "team/", "notifications/"])
 def test_main_pages_have_no_serious_accessibility_findings(live_server, page, catalogue, shoot, axe, path):
     owner, _member, org_id = owner_with_member(plan="plus")
     use(org_id, "codex.local_task", "3", user=owner)
@@ -176,6 +176,26 @@ def test_main_pages_have_no_serious_accessibility_findings(live_server, page, ca
     ).to_be_visible()
     shoot(f"06-page-{path.strip('/')}")
     assert axe() == []
+
+
+def test_an_owner_turns_off_usage_alerts_and_hears_it_is_saved(live_server, page, catalogue, shoot, axe):
+    owner_with_member()
+    log_in(page, live_server.url, "owner@example.com")
+    page.get_by_role("navigation", name="Organization").get_by_role("link", name="Notifications").click()
+
+    # payment emails are ticked and cannot be changed by an owner
+    expect(page.get_by_role("checkbox", name="Payment problems")).to_be_checked()
+    expect(page.get_by_role("checkbox", name="Payment problems")).to_be_disabled()
+    page.get_by_role("checkbox", name="Usage alerts").uncheck()
+    page.get_by_role("button", name="Save").click()
+
+    expect(page.get_by_role("status")).to_have_text("Your notification settings are saved.")
+    expect(page.get_by_role("checkbox", name="Usage alerts")).not_to_be_checked()
+    shoot("07-notifications-saved")
+    assert axe() == []
+    page.reload()
+    expect(page.get_by_role("checkbox", name="Usage alerts")).not_to_be_checked()
+    expect(page.get_by_role("checkbox", name="Allowance resets")).to_be_checked()
 
 
 @pytest.mark.parametrize("path", ["/login/", "/signup/", "/password-reset/"])

@@ -6,13 +6,17 @@ from datetime import timedelta
 
 import pytest
 from django.core import mail
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
+from django.utils import translation
 
 from accounts.models import Membership, Role, User
+from accounts.services import notification_preferences_set
 from billing.services import credits_grant
 from plans.models import WindowKind
 from tests.factories import T0, AllowanceFactory, MeterFactory, PlanFactory, make_org
 from tests.usage.engine_support import D, use
-from usage.models import AllowanceWindow, Notice
+from usage.models import AllowanceWindow, Notice, NoticeKind
 from usage.services import (
     UsageInput,
     notices_send_pending,
@@ -279,3 +283,120 @@ def test_a_notice_without_recipients_is_marked_sent_without_email(settings):
     assert notices_send_pending(now=T0 + H) == 0
     assert mail.outbox == []
     assert list(Notice.objects.filter(organization=org).values_list("sent_at", flat=True)) == [T0 + H]
+
+
+# Who gets them: each person's notification preferences (accounts.selectors.notification_recipients) ----
+
+
+def team_org(suffix: str = ""):
+    """An org on a 5-hour window with owner Olga, admin Ada and member Mia (in that order)."""
+    olga = User.objects.create_user(email=f"olga{suffix}@example.com")
+    org, meter, _ = rolling_org(owner=olga)
+    ada, mia = (
+        Membership.objects.create(
+            organization=org, user=User.objects.create_user(email=f"{name}{suffix}@example.com"), role=role
+        )
+        for name, role in (("ada", Role.ADMIN), ("mia", Role.MEMBER))
+    )
+    return org, meter, ada, mia
+
+
+def test_each_notice_goes_to_those_who_want_its_category(settings):
+    settings.EMAIL_BACKEND = "django.core.mail.backends.locmem.EmailBackend"
+    settings.CREDITS_LOW_THRESHOLD = "20"
+    org, meter, ada, mia = team_org()
+    # Given the admin turned off usage alerts and the member opted in to allowance resets
+    notification_preferences_set(membership=ada, choices={"usage_alerts": False}, now=T0)
+    notification_preferences_set(membership=mia, choices={"allowance_resets": True}, now=T0)
+    credits_grant(organization_id=org.pk, credits=D(30), now=T0)
+    use(org, meter, "7", "k1", now=T0)  # 50/80/100 % of the window, 20 credits left
+    use(org, meter, "1", "k2", now=T0)  # low
+    use(org, meter, "3", "k3", now=T0)  # depleted
+    windows_close_finished(now=T0 + 5 * H)
+    mail.outbox.clear()
+    # When the notices are sent
+    assert notices_send_pending(now=T0 + 5 * H) == 6
+    # Then threshold emails reach the owner only, balance emails the owner and admin, the reset all three
+    owner = ["olga@example.com"]
+    managers = [*owner, "ada@example.com"]
+    assert [(m.subject, m.to) for m in mail.outbox] == [
+        (f"You have used 50% of your 5 hours allowance for {meter.name}", owner),
+        (f"You have used 80% of your 5 hours allowance for {meter.name}", owner),
+        (f"You have used 100% of your 5 hours allowance for {meter.name}", owner),
+        ("Your credit balance is low (15 credits)", managers),
+        ("You are out of credits", managers),
+        (f"Your 5 hours allowance for {meter.name} has reset", [*managers, "mia@example.com"]),
+    ]
+
+
+def test_a_notice_whose_category_nobody_wants_is_marked_sent_without_email(settings):
+    settings.EMAIL_BACKEND = "django.core.mail.backends.locmem.EmailBackend"
+    org, meter, ada, _ = team_org()
+    owner = org.memberships.get(role=Role.OWNER)
+    for membership in (owner, ada):
+        notification_preferences_set(membership=membership, choices={"usage_alerts": False}, now=T0)
+    use(org, meter, "3", "k1", now=T0)  # 60 % of 5: one threshold notice
+    mail.outbox.clear()
+
+    assert notices_send_pending(now=T0 + H) == 0
+    assert mail.outbox == []
+    assert list(Notice.objects.filter(organization=org).values_list("sent_at", flat=True)) == [T0 + H]
+
+
+PAYLOADS = {
+    NoticeKind.WINDOW_THRESHOLD: {
+        "percent": 50,
+        "meter": "Tasks",
+        "window": "5 hours",
+        "limit": "4",
+        "resets_at": PERIOD_END,
+    },
+    NoticeKind.ALLOWANCE_RESET: {"meter": "Tasks", "window": "5 hours", "limit": "4", "reset_at": PERIOD_END},
+    NoticeKind.CREDITS_LOW: {"balance": "5", "threshold": "20"},
+    NoticeKind.CREDITS_DEPLETED: {"balance": "0"},
+}
+
+
+def pending(org, kinds, *, tag: str) -> None:
+    for i, kind in enumerate(kinds):
+        Notice.objects.create(
+            organization=org, kind=kind, dedupe_key=f"{tag}:{i}", payload=PAYLOADS[kind], created_at=T0
+        )
+
+
+def test_sending_runs_the_same_queries_for_one_notice_or_many(settings):
+    settings.EMAIL_BACKEND = "django.core.mail.backends.locmem.EmailBackend"
+    org, _, ada, mia = team_org()
+    notification_preferences_set(membership=ada, choices={"credit_balance": False}, now=T0)
+    notification_preferences_set(membership=mia, choices={"usage_alerts": True}, now=T0)
+    pending(org, [NoticeKind.WINDOW_THRESHOLD], tag="one")
+    with CaptureQueriesContext(connection) as one:
+        assert notices_send_pending(now=T0) == 1
+    # Given five organizations, each with its people and preferences, and twenty notices of every kind
+    pending(org, list(PAYLOADS), tag="many")
+    for i in range(4):
+        other, _, _, other_mia = team_org(suffix=str(i))
+        notification_preferences_set(membership=other_mia, choices={"allowance_resets": True}, now=T0)
+        pending(other, list(PAYLOADS), tag="many")
+    mail.outbox.clear()
+    # When they are sent, then the sender runs the same queries as for one
+    with CaptureQueriesContext(connection) as many:
+        assert notices_send_pending(now=T0) == 20
+    assert len(many.captured_queries) == len(one.captured_queries)
+    assert len(mail.outbox) == 20
+    # the first org: 3 for usage alerts (its member opted in), 2 for resets, 1 for balance (its admin opted out);
+    # each other org: 3 for resets (its member opted in), 2 for the rest
+    assert sorted(len(m.to) for m in mail.outbox) == [1] * 2 + [2] * 13 + [3] * 5
+
+
+def test_notices_store_window_names_in_the_site_language_whatever_the_request(settings):
+    # Given a window near its limit and a request in Japanese
+    org, meter, allowance = period_org()
+    with translation.override("ja"):
+        use(org, meter, "5", "k1", now=T0)
+    use(org, meter, "5", "k2", now=T0 + H)
+    with translation.override("ja"):
+        windows_close_finished(now=T0 + 400 * 24 * H)
+    # Then the stored notices (and the emails built from them) name the window in English
+    windows = [n.payload["window"] for n in Notice.objects.filter(organization=org).order_by("id")]
+    assert windows == ["billing period"] * 4

@@ -1,4 +1,4 @@
-"""Notices to owners: created once per dedupe key (a unique constraint), emailed once."""
+"""Usage notices: created once per dedupe key (a unique constraint), emailed once to those who want them."""
 
 from __future__ import annotations
 
@@ -7,9 +7,12 @@ from datetime import datetime
 from django.conf import settings
 from django.core.mail import send_mail
 from django.db import transaction
+from django.utils import translation
 
-from accounts.models import Membership, Role
+from accounts.notifications import category_for_kind
+from accounts.selectors import notification_recipients
 from core.money import format_decimal
+from plans.models import PlanAllowance
 from plans.selectors import catalogue
 from usage.messages import when
 from usage.models import AllowanceWindow, Notice, NoticeKind
@@ -73,7 +76,7 @@ def windows_close_finished(*, now: datetime, limit: int = 5000) -> int:
                     kind=NoticeKind.ALLOWANCE_RESET,
                     dedupe_key=f"{w.allowance_id}:{w.start.isoformat()}",
                     payload={
-                        "window": w.allowance.window_label,
+                        "window": _stored_label(w.allowance),
                         "meter": w.allowance.meter.name,
                         "limit": format_decimal(w.limit),
                         "used": format_decimal(w.used),
@@ -92,8 +95,15 @@ def windows_close_finished(*, now: datetime, limit: int = 5000) -> int:
             return closed
 
 
+def _stored_label(allowance: PlanAllowance) -> str:
+    with translation.override(settings.LANGUAGE_CODE):  # stored, so not in the caller's language
+        return allowance.window_label
+
+
 def notices_send_pending(*, now: datetime, limit: int = 500) -> int:
-    """Email each unsent notice to the organization's owners and admins, once.
+    """Email each unsent notice once, to the people of the organization who get its category
+    (accounts.selectors.notification_recipients: owners and admins unless they opted out, members
+    who opted in).
 
     The row is claimed (sent_at set) in the same transaction that reads it, with SKIP LOCKED, so
     two workers never send the same notice; a crash before commit leaves it unsent for the next run.
@@ -107,14 +117,12 @@ def notices_send_pending(*, now: datetime, limit: int = 500) -> int:
         )
         if not notices:
             return 0
-        org_ids = {n.organization_id for n in notices}
-        recipients: dict[int, list[str]] = {}
-        for org_id, email in Membership.objects.filter(
-            organization_id__in=org_ids, role__in=[Role.OWNER, Role.ADMIN], user__is_active=True
-        ).values_list("organization_id", "user__email"):
-            recipients.setdefault(org_id, []).append(email)
+        recipients = notification_recipients(
+            organization_ids={n.organization_id for n in notices},
+            categories={category_for_kind(n.kind) for n in notices},
+        )
         for notice in notices:
-            to = recipients.get(notice.organization_id, [])
+            to = recipients.get((notice.organization_id, category_for_kind(notice.kind)), [])
             if to:
                 subject, body = notice_text(notice)
                 send_mail(subject, body, None, to, fail_silently=False)

@@ -1,22 +1,22 @@
-// The buy dialog's payment steps that need Stripe.js: adding a card (card element +
-// confirmCardSetup) and 3-D Secure (confirmCardPayment). Buying with the card on file is plain htmx.
+// The dashboard's payment steps that need Stripe.js. The buy dialog: adding a card (card element +
+// confirmCardSetup) and 3-D Secure (confirmCardPayment); buying with the card on file is plain htmx.
+// The plans page: 3-D Secure for a plan upgrade, then a plain form post that settles it.
 (function () {
   "use strict";
 
-  var dialog = document.getElementById("buy-dialog");
-  if (!dialog) return;
   var stripe = null;
   var stripeLoading = null;
   var cardElement = null;
 
-  function loadStripe() {
+  // host: the element carrying data-stripe-js and data-stripe-key (the dialog, the upgrade form).
+  function loadStripe(host) {
     if (stripe) return Promise.resolve(stripe);
     if (!stripeLoading) {
       stripeLoading = new Promise(function (resolve, reject) {
         var script = document.createElement("script");
-        script.src = dialog.getAttribute("data-stripe-js");
+        script.src = host.getAttribute("data-stripe-js");
         script.onload = function () {
-          stripe = window.Stripe(dialog.getAttribute("data-stripe-key"));
+          stripe = window.Stripe(host.getAttribute("data-stripe-key"));
           resolve(stripe);
         };
         script.onerror = function () { stripeLoading = null; reject(new Error("Stripe.js did not load")); };
@@ -26,16 +26,44 @@
     return stripeLoading;
   }
 
-  function csrf() {
-    var field = dialog.querySelector("input[name=csrfmiddlewaretoken]") ||
+  function csrf(root) {
+    var field = root.querySelector("input[name=csrfmiddlewaretoken]") ||
       document.querySelector("input[name=csrfmiddlewaretoken]");
     return field ? field.value : "";
   }
 
+  // Plan upgrade: fetch the payment's client secret, let the bank challenge the customer, then post
+  // the form, whatever Stripe.js said: the server reads the payment's state from Stripe.
+  function confirmUpgrade(form) {
+    var button = form.querySelector("button[type=submit]");
+    if (button) button.disabled = true;
+    var finish = function () { form.submit(); };
+    fetch(form.getAttribute("data-authenticate-url"), {
+      method: "POST", credentials: "same-origin", headers: { "X-CSRFToken": csrf(form) }
+    }).then(function (response) {
+      return response.json();
+    }).then(function (data) {
+      if (!data.client_secret) throw new Error(data.error || "");
+      return loadStripe(form).then(function (s) { return s.confirmCardPayment(data.client_secret); });
+    }).then(finish, finish);
+  }
+
+  document.querySelectorAll("form[data-confirm-upgrade]").forEach(function (form) {
+    form.addEventListener("submit", function (event) {
+      event.preventDefault();
+      confirmUpgrade(form);
+    });
+    // Straight after "Pay and change plan", the challenge opens without another click.
+    if (form.hasAttribute("data-autostart")) confirmUpgrade(form);
+  });
+
+  var dialog = document.getElementById("buy-dialog");
+  if (!dialog) return;
+
   function swapBody(url, values) {
     return window.htmx.ajax("POST", url, {
       source: dialog, target: "#buy-body", swap: "innerHTML", values: values,
-      headers: { "X-CSRFToken": csrf() }
+      headers: { "X-CSRFToken": csrf(dialog) }
     });
   }
 
@@ -49,7 +77,7 @@
   function mountCard() {
     var host = dialog.querySelector("[data-card-element]");
     if (!host || host.childElementCount) return;
-    loadStripe().then(function (s) {
+    loadStripe(dialog).then(function (s) {
       if (cardElement) cardElement.destroy();
       var elements = s.elements();
       cardElement = elements.create("card");
@@ -68,12 +96,12 @@
     if (button) button.disabled = true;
     var done = function () { if (button) button.disabled = false; };
     fetch(dialog.getAttribute("data-card-setup-url"), {
-      method: "POST", credentials: "same-origin", headers: { "X-CSRFToken": csrf() }
+      method: "POST", credentials: "same-origin", headers: { "X-CSRFToken": csrf(dialog) }
     }).then(function (response) {
       return response.json();
     }).then(function (data) {
       if (!data.client_secret) throw new Error(data.error || "");
-      return loadStripe().then(function (s) {
+      return loadStripe(dialog).then(function (s) {
         return s.confirmCardSetup(data.client_secret, { payment_method: { card: cardElement } });
       });
     }).then(function (result) {
@@ -102,7 +130,7 @@
       // Whatever Stripe.js says, the server asks Stripe for the payment's state and settles it.
       swapBody(url, {});
     };
-    loadStripe().then(function (s) {
+    loadStripe(dialog).then(function (s) {
       if (modal) { dialog.close(); dialog.show(); }
       return s.confirmCardPayment(secret);
     }).then(settle, settle);
@@ -114,11 +142,15 @@
     if (box) confirmPayment(box);
   }
 
-  // The confirm button names the amount of the chosen pack.
+  // The confirm button names the amount of the chosen pack, and the order summary shows its rows.
   dialog.addEventListener("change", function (event) {
     var radio = event.target.closest("input[data-pay-label]");
+    if (!radio) return;
     var button = dialog.querySelector("[data-pay-button]");
-    if (radio && button) button.textContent = radio.getAttribute("data-pay-label");
+    if (button) button.textContent = radio.getAttribute("data-pay-label");
+    dialog.querySelectorAll("[data-pack-terms]").forEach(function (row) {
+      row.hidden = row.getAttribute("data-pack-terms") !== radio.value;
+    });
   });
 
   dialog.addEventListener("submit", function (event) {
