@@ -9,6 +9,7 @@ which confirm on an intermediate page and call billing.services with the operato
 from __future__ import annotations
 
 import uuid
+from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
@@ -508,10 +509,11 @@ class CreditPurchaseAdmin(ReadOnlyAdmin):
                 messages.ERROR,
             )
             return None
+        now = clock.now()
         rows: list[dict[str, Any]] = []
         to_refund: list[tuple[CreditPurchase, int]] = []
         for purchase in purchases:
-            amount = purchase_unused_refund_amount(purchase)
+            amount = purchase_unused_refund_amount(purchase=purchase, now=now)
             if amount > 0:
                 to_refund.append((purchase, amount))
             remaining = purchase.lot.remaining if purchase.lot is not None else None
@@ -535,7 +537,7 @@ class CreditPurchaseAdmin(ReadOnlyAdmin):
             except signing.BadSignature:
                 previewed = None
             if previewed == fingerprint:
-                self._refund(request, [purchase for purchase, _amount in to_refund])
+                self._refund(request, [purchase for purchase, _amount in to_refund], now=now)
                 return None
             self.message_user(
                 request, _("These purchases changed since the preview: check it again, then confirm."), messages.WARNING
@@ -555,9 +557,8 @@ class CreditPurchaseAdmin(ReadOnlyAdmin):
         request.current_app = self.admin_site.name
         return TemplateResponse(request, "admin/billing/creditpurchase/refund_action.html", context)
 
-    def _refund(self, request: HttpRequest, purchases: list[CreditPurchase]) -> None:
+    def _refund(self, request: HttpRequest, purchases: list[CreditPurchase], *, now: datetime) -> None:
         """One Stripe refund per purchase, each on its own (a failure leaves the others refunded)."""
-        now = clock.now()
         for purchase in purchases:
             try:
                 amount, credits = purchase_refund_unused(purchase_id=purchase.pk, now=now)

@@ -65,8 +65,9 @@ CURRENCY_SYMBOLS = {"usd": "$", "eur": "€", "gbp": "£", "jpy": "¥"}
 
 def money_display(amount: int, currency: str, *, language: str | None) -> str:
     """Minor units for people, grouped, as the dashboard writes them: "$28.00", "¥6,000", and in
-    Japanese "6,000円" (usage/templatetags/dashboard.money is the same rule for templates)."""
-    cur = currency.lower()
+    Japanese "6,000円". The one implementation: usage/templatetags/dashboard.money (the `price` tag)
+    calls it with the active language."""
+    cur = (currency or "").lower()
     per_major = minor_units_per_major(cur)
     major = Decimal(int(amount)) / per_major
     digits = f"{major:,.0f}" if per_major == 1 else f"{major:,.2f}"

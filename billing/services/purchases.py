@@ -511,20 +511,23 @@ def purchase_refund_record(
     return taken
 
 
-def purchase_unused_refund_amount(purchase: CreditPurchase) -> int:
+def purchase_unused_refund_amount(*, purchase: CreditPurchase, now: datetime) -> int:
     """The money (minor units) for the credits of this purchase's lot that are still unused: pro rata,
     rounded DOWN to a whole minor unit (cents, whole yen), so a refund never pays back more than
-    what is unused. 0 when nothing can be refunded (not paid, a plan period, a used-up lot)."""
+    what is unused. 0 when nothing can be refunded (not paid, a plan period, a used-up lot, or a lot
+    expired at `now`: expired credits are not refunded, even before the expiry sweep has taken them)."""
+    lot = purchase.lot
     if (
         purchase.status != PurchaseStatus.SUCCEEDED
         or purchase.kind in PLAN_KINDS
-        or purchase.lot is None
+        or lot is None
+        or (lot.expires_at is not None and lot.expires_at <= now)
         or purchase.payment_intent_id is None
         or purchase.credits <= 0
     ):
         return 0
     scale = 10**CREDIT_PLACES  # exact integer arithmetic on the stored scale
-    unused = int(purchase.lot.remaining * scale)
+    unused = int(lot.remaining * scale)
     return min(purchase.amount * unused // int(purchase.credits * scale), purchase.amount)
 
 
@@ -534,7 +537,7 @@ def purchase_refund_unused(*, purchase_id: int, now: datetime) -> tuple[int, Dec
     purchase = CreditPurchase.objects.select_related("lot").filter(pk=purchase_id).first()
     if purchase is None:
         raise NotFound("There is no such purchase.", code="purchase_not_found")
-    amount = purchase_unused_refund_amount(purchase)
+    amount = purchase_unused_refund_amount(purchase=purchase, now=now)
     if amount <= 0:
         raise Conflict("Nothing of this purchase is left to refund.", code="purchase_not_refundable")
     return amount, purchase_refund(purchase_id=purchase.pk, amount=amount, now=now)

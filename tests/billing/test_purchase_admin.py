@@ -15,8 +15,9 @@ from django.urls import reverse
 from accounts.models import User
 from billing.models import BillingNotice, CreditPurchase
 from billing.services import credits_adjust
-from billing.services.purchases import purchase_start, purchase_unused_refund_amount
+from billing.services.purchases import purchase_refund_unused, purchase_start, purchase_unused_refund_amount
 from core.clock import now as clock_now
+from core.errors import Conflict
 from tests.billing.payment_support import balance, ledger, org_with_card, pack, reload
 from tests.billing.stripe_fixtures import CARD_DECLINED_ON_CHARGE, CARD_SUCCEEDS
 from tests.factories import T0
@@ -39,6 +40,13 @@ def site(db) -> Client:
     return client
 
 
+@pytest.fixture
+def admin_clock(monkeypatch):
+    """The admin reads the time through core.clock: pin it an hour after T0 (the purchases below are
+    made at T0, and their lots expire a year later, so the outcome does not depend on today's date)."""
+    monkeypatch.setattr("core.clock.now", lambda: T0 + timedelta(hours=1))
+
+
 def used(org, credits: str) -> None:
     credits_adjust(organization_id=org.pk, credits=-Decimal(credits), reason="used", actor_id=None, now=T0)
 
@@ -59,14 +67,51 @@ def test_unused_refund_amount_is_pro_rata_and_rounded_down(localstripe):
     pack("yen", credits="300", price=3000, currency="jpy")
     org, _ = org_with_card(localstripe, CARD_SUCCEEDS)
     purchase = reload(purchase_start(organization_id=org.pk, pack_key="yen", now=T0).purchase)
-    assert purchase_unused_refund_amount(purchase) == 3000
+    assert purchase_unused_refund_amount(purchase=purchase, now=T0) == 3000
     used(org, "244.45")  # 55.55 unused: 555.5 yen, so 555
-    assert purchase_unused_refund_amount(reload(purchase)) == 555
+    assert purchase_unused_refund_amount(purchase=reload(purchase), now=T0) == 555
     used(org, "55.55")
-    assert purchase_unused_refund_amount(reload(purchase)) == 0
+    assert purchase_unused_refund_amount(purchase=reload(purchase), now=T0) == 0
 
 
-def test_refund_unused_credits_previews_then_refunds_once(localstripe, site):
+def test_expired_credits_are_not_refunded_before_the_expiry_sweep(localstripe):
+    # given a 30-day pack bought at T0, untouched, whose lot the expiry sweep has not taken yet
+    pack("month", credits="100", price=1000, days=30)
+    org, _ = org_with_card(localstripe, CARD_SUCCEEDS)
+    purchase = reload(purchase_start(organization_id=org.pk, pack_key="month", now=T0).purchase)
+    lot = purchase.lot
+    assert lot is not None
+    assert lot.expires_at == T0 + timedelta(days=30)
+    assert lot.remaining == Decimal(100)
+    expiry = lot.expires_at
+
+    # then all of it is refundable until the moment it expires, and nothing from then on
+    assert purchase_unused_refund_amount(purchase=purchase, now=expiry - timedelta(seconds=1)) == 1000
+    assert purchase_unused_refund_amount(purchase=purchase, now=expiry) == 0
+    with pytest.raises(Conflict) as refused:
+        purchase_refund_unused(purchase_id=purchase.pk, now=expiry + timedelta(days=1))
+    assert refused.value.code == "purchase_not_refundable"
+    assert localstripe.request("GET", "/v1/refunds")["data"] == []
+    lot.refresh_from_db()
+    assert lot.remaining == Decimal(100)  # nothing taken back either
+
+
+def test_the_refund_action_skips_an_expired_lot(localstripe, site, monkeypatch):
+    pack("month", credits="100", price=1000, days=30)
+    org, _ = org_with_card(localstripe, CARD_SUCCEEDS)
+    paid = purchase_start(organization_id=org.pk, pack_key="month", now=T0).purchase
+    monkeypatch.setattr("core.clock.now", lambda: T0 + timedelta(days=31))
+
+    preview = refund_post(site, [paid.pk])
+    assert preview.status_code == 200
+    page = preview.content.decode()
+    assert "nothing to refund: skipped" in page
+    assert "None of these purchases has anything left to refund." in page
+    assert 'name="confirm_token"' not in page  # nothing to confirm
+    assert localstripe.request("GET", "/v1/refunds")["data"] == []
+
+
+def test_refund_unused_credits_previews_then_refunds_once(localstripe, site, admin_clock):
     pack()
     # given a paid 100-credit pack ($10.00) of which 30 credits were used, and a failed purchase
     org, _ = org_with_card(localstripe, CARD_SUCCEEDS)
@@ -106,7 +151,7 @@ def test_refund_unused_credits_previews_then_refunds_once(localstripe, site):
     assert len(localstripe.request("GET", "/v1/refunds")["data"]) == 1
 
 
-def test_a_forged_or_stale_confirmation_refunds_nothing(localstripe, site):
+def test_a_forged_or_stale_confirmation_refunds_nothing(localstripe, site, admin_clock):
     pack()
     org, _ = org_with_card(localstripe, CARD_SUCCEEDS)
     paid = purchase_start(organization_id=org.pk, pack_key="pack-100", now=T0).purchase
@@ -124,7 +169,7 @@ def test_a_forged_or_stale_confirmation_refunds_nothing(localstripe, site):
     assert [r["amount"] for r in localstripe.request("GET", "/v1/refunds")["data"]] == [990]
 
 
-def test_the_refund_action_needs_the_credits_permission(localstripe):
+def test_the_refund_action_needs_the_credits_permission(localstripe, admin_clock):
     pack()
     org, _ = org_with_card(localstripe, CARD_SUCCEEDS)
     paid = purchase_start(organization_id=org.pk, pack_key="pack-100", now=T0).purchase

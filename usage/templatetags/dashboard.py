@@ -14,11 +14,10 @@ from django.utils import dateformat, timezone, translation
 from django.utils.translation import gettext as _
 from django.utils.translation import gettext_noop, ngettext
 
-from core.money import format_decimal, minor_units_per_major
+from billing.pricing import money_display
+from core.money import format_decimal
 
 register = template.Library()
-
-CURRENCY_SYMBOLS = {"usd": "$", "eur": "€", "gbp": "£", "jpy": "¥"}
 
 
 def _is_ja() -> bool:
@@ -64,15 +63,8 @@ def signed_number(value: object) -> str:
 
 
 def money(amount_minor: int, currency: str) -> str:
-    """Integer minor units + currency, for people: $40.00, ¥6,000 (ja: 6,000円)."""
-    cur = (currency or "").lower()
-    per = minor_units_per_major(cur)
-    major = Decimal(int(amount_minor)) / per
-    digits = group(f"{major:.0f}") if per == 1 else group(f"{major:.2f}")
-    if cur == "jpy" and _is_ja():
-        return f"{digits}円"
-    symbol = CURRENCY_SYMBOLS.get(cur)
-    return f"{symbol}{digits}" if symbol else f"{digits} {cur.upper()}"
+    """Integer minor units + currency, for people, in the active language: $40.00, ¥6,000 (ja: 6,000円)."""
+    return money_display(amount_minor, currency, language=translation.get_language())
 
 
 def local(dt: datetime) -> datetime:
