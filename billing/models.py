@@ -157,7 +157,10 @@ class LedgerEntry(models.Model):
     For every lot: granted + sum(amount of its non-grant entries) = remaining.
     """
 
-    organization = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="ledger_entries")
+    # Indexed by ledger_org_recent (organization first): every index is written on each draw.
+    organization = models.ForeignKey(
+        Organization, on_delete=models.CASCADE, related_name="ledger_entries", db_index=False
+    )
     lot = models.ForeignKey(CreditLot, on_delete=models.PROTECT, related_name="entries")
     kind = models.CharField(max_length=16, choices=EntryKind.choices)
     amount = CreditField()
@@ -166,7 +169,7 @@ class LedgerEntry(models.Model):
     reference = models.CharField(max_length=120, blank=True)
     reason = models.CharField(max_length=500, blank=True)
     actor = models.ForeignKey(
-        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+", db_index=False
     )
     created_at = models.DateTimeField()
 
@@ -175,6 +178,8 @@ class LedgerEntry(models.Model):
         indexes = [
             models.Index(fields=["organization", "-id"], name="ledger_org_recent"),
             models.Index(fields=["reference"], name="ledger_reference"),
+            # Only admin grants and adjustments have an actor: usage entries add nothing to it.
+            models.Index(fields=["actor"], condition=Q(actor__isnull=False), name="ledger_actor"),
         ]
 
     def __str__(self) -> str:

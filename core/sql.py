@@ -14,8 +14,10 @@ from decimal import Decimal
 from functools import lru_cache
 from typing import Any
 
-from django.db import connection
+from django.db import connection, transaction
+from django.db.models.base import ModelState
 from django.utils.dateparse import parse_datetime
+from psycopg import pq
 
 
 def qn(name: str) -> str:
@@ -43,27 +45,40 @@ def from_db_datetime(value: object) -> datetime | None:
 
 
 @contextmanager
-def pipeline() -> Iterator[None]:
-    """Send the statements run inside without waiting for each answer (psycopg's pipeline mode).
+def atomic_pipeline() -> Iterator[None]:
+    """transaction.atomic() whose statements psycopg sends in pipeline mode (PostgreSQL).
 
-    On PostgreSQL a statement's answer is waited for only when its rows are read (see `Sent`), and
-    whatever is still queued goes in one exchange when the block ends, where its errors raise. So a
-    transaction can lock, read everything it needs, and write, in few round trips while the lock is
-    held. The server still runs the statements one after another, in order: a read sent after a lock
-    runs once the lock is granted and sees what the previous holder committed. Use inside
-    transaction.atomic(), around code that reads what it sent only through `Sent.rows()`. A no-op on
-    SQLite (a local file: a round trip costs little there).
+    A statement's answer is waited for only when its rows are read (see `Sent`); what is still
+    queued goes in one exchange when the block ends, with the COMMIT when this is the outermost
+    transaction, and its errors raise there (Django's IntegrityError and so on), rolling back all
+    of it. So a transaction can lock, read everything it needs and write in two exchanges while
+    the lock is held. The server still runs the statements one at a time, in order: a read sent
+    after a lock runs once the lock is granted and, under READ COMMITTED, takes its snapshot then,
+    so it sees what the previous holder committed.
+
+    Inside, use only statements whose results are read through `Sent.rows()` or not at all: in a
+    pipeline `cursor.rowcount` is -1 until the answer arrives (Model.save() of an existing row and
+    QuerySet.update() misbehave), and a nested atomic() cannot catch an error, which only surfaces
+    at the end. On SQLite (a local file: a round trip costs little) it is plain atomic().
     """
-    if connection.vendor != "postgresql" or in_pipeline():
-        yield
-        return
-    connection.ensure_connection()
-    with connection.wrap_database_errors, connection.connection.pipeline():
-        yield
+    with transaction.atomic():
+        if connection.vendor != "postgresql" or in_pipeline():
+            yield
+            return
+        outermost = len(connection.atomic_blocks) == 1
+        pg = connection.connection
+        with connection.wrap_database_errors, pg.pipeline():
+            yield
+            if outermost:
+                # COMMIT goes with the writes; Django's own commit on leaving atomic() then finds
+                # the transaction done, and runs the on_commit callbacks as usual.
+                pg.commit()
 
 
 def in_pipeline() -> bool:
-    return connection.vendor == "postgresql" and getattr(connection.connection, "_pipeline", None) is not None
+    if connection.vendor != "postgresql" or connection.connection is None:
+        return False
+    return connection.connection.pgconn.pipeline_status != pq.PipelineStatus.OFF
 
 
 class Sent:
@@ -104,15 +119,34 @@ def update_rows(table: str, columns: list[tuple[str, str]], rows: list[list[Any]
 
 def _update_sql(table: str, columns: list[tuple[str, str]], rows: list[list[Any]]) -> tuple[str, list[Any]]:
     names = ["id", *(name for name, _ in columns)]
+    sets = ", ".join(f"{qn(name)} = v.{qn(name)}" for name, _ in columns)
+    if _arrays_for(rows):
+        # One binary array per column, as insert_rows sends: a thousand rows cost the same short
+        # statement to parse (a VALUES list's text grows with the rows, on both ends).
+        kinds = ["bigint", *(kind for _, kind in columns)]
+        arrays = ", ".join(f"%b::{kind}[]" for kind in kinds)
+        sql = (
+            f"UPDATE {qn(table)} AS t SET {sets} FROM UNNEST({arrays}) AS v({', '.join(qn(n) for n in names)})"
+            " WHERE t.id = v.id"
+        )
+        return sql, _column_arrays(kinds, rows)
     first = "(" + ", ".join(["%s::bigint", *(f"%s::{kind}" for _, kind in columns)]) + ")"
     rest = "(" + placeholders(len(names)) + ")"
     values = ", ".join([first, *[rest] * (len(rows) - 1)])
-    sets = ", ".join(f"{qn(name)} = v.{qn(name)}" for name, _ in columns)
     sql = (
         f"UPDATE {qn(table)} AS t SET {sets} FROM (VALUES {values}) AS v({', '.join(qn(n) for n in names)})"
         " WHERE t.id = v.id"
     )
     return sql, [value for row in rows for value in row]
+
+
+def _column_arrays(kinds: list[str], rows: list[list[Any]]) -> list[list[Any]]:
+    """Rows turned into one list per column, for binary array parameters."""
+    arrays = [list(column) for column in zip(*rows, strict=True)]
+    for kind, values in zip(kinds, arrays, strict=True):
+        if kind == "numeric":  # a binary array holds one Python type: 0 and Decimal("5") differ
+            values[:] = [None if v is None else Decimal(v) for v in values]
+    return arrays
 
 
 Update = tuple[str, list[tuple[str, str]], list[list[Any]]]  # (table, columns, rows) as update_rows takes
@@ -146,6 +180,8 @@ def build_instances(model: type[Any], rows: list[tuple[Any, ...]], *, extra: int
         _converters[key] = converters
     names = [f.attname for f in fields]
     count = len(fields)
+    alias = connection.alias
+    new: Any = model.__new__
     result = []
     for row in rows:
         values = list(row[:count])
@@ -154,7 +190,14 @@ def build_instances(model: type[Any], rows: list[tuple[Any, ...]], *, extra: int
             for convert in functions:
                 value = convert(value, field, connection)
             values[index] = value
-        instance = model.from_db(connection.alias, names, values)
+        # What Model.from_db builds, without __init__'s per-field descriptor work (a thousand-event
+        # batch loads thousands of rows). These models send no pre_init/post_init signals.
+        instance = new(model)
+        instance.__dict__.update(zip(names, values, strict=True))
+        state = ModelState()
+        state.adding = False
+        state.db = alias
+        instance._state = state
         instance._extra = tuple(row[count : count + extra]) if extra else ()
         result.append(instance)
     return result
@@ -178,9 +221,10 @@ def insert_rows(
     """INSERT many rows in one statement and return their ids, in order (or nothing, without
     waiting for the answer in a pipeline, when `returning` is False).
 
-    For the hot path's event and ledger inserts. On PostgreSQL the values travel as one binary
+    For the hot path's event and ledger inserts. On PostgreSQL many rows travel as one binary
     array per column (INSERT ... SELECT FROM UNNEST(%b, ...)): the ORM's bulk_create sends text
-    arrays whose quoting, and a VALUES list's parsing, cost more than the insert itself.
+    arrays whose quoting, and a long VALUES list's parsing, cost more than the insert itself. A
+    few rows go as VALUES with a placeholder each: psycopg's array dumping costs more for them.
     `along`: updates (as update_rows takes them) of other rows to run in the same statement, as
     data-modifying CTEs on PostgreSQL (one round trip instead of several while a lock is held;
     they must not touch the same rows, since CTEs do not see each other's changes); separately
@@ -193,45 +237,57 @@ def insert_rows(
             update_rows(*update)
         return []
     names = ", ".join(qn(name) for name, _ in columns)
-    with connection.cursor() as cursor:
-        if connection.vendor == "postgresql" and _binary_params(cursor):
-            ctes: list[str] = []
-            params: list[Any] = []
-            for index, update in enumerate(along):
-                sql, update_params = _update_sql(*update)
-                ctes.append(f"u{index} AS ({sql} RETURNING 1)")
-                params.extend(update_params)
-            arrays = ", ".join(f"%b::{'text' if kind == 'jsonb' else kind}[]" for _, kind in columns)
-            select = ", ".join(f"{qn(name)}::jsonb" if kind == "jsonb" else qn(name) for name, kind in columns)
-            sql = f"INSERT INTO {qn(table)} ({names}) SELECT {select} FROM UNNEST({arrays}) AS v({names})"
-            if ctes:
-                sql = f"WITH {', '.join(ctes)} {sql}"
-            arrays_of = [list(column) for column in zip(*rows, strict=True)]
-            for (_, kind), values in zip(columns, arrays_of, strict=True):
-                if kind == "numeric":  # a binary array holds one Python type: 0 and Decimal("5") differ
-                    values[:] = [None if v is None else Decimal(v) for v in values]
-            params = [*params, *arrays_of]
+    postgresql = connection.vendor == "postgresql"
+    ctes: list[str] = []
+    params: list[Any] = []
+    for index, update in enumerate(along):
+        if postgresql:
+            update_sql, update_params = _update_sql(*update)
+            ctes.append(f"u{index} AS ({update_sql} RETURNING 1)")
+            params.extend(update_params)
         else:
-            for update in along:
-                update_rows(*update)
-            casts = connection.vendor == "postgresql"
-            one = "(" + ", ".join(f"%s::{kind}" if casts else "%s" for _, kind in columns) + ")"
-            sql = f"INSERT INTO {qn(table)} ({names}) VALUES {', '.join([one] * len(rows))}"
-            params = [value for row in rows for value in row]
-        if returning:
-            sql += " RETURNING id"
+            update_rows(*update)
+    if _arrays_for(rows):
+        arrays = ", ".join(f"%b::{'text' if kind == 'jsonb' else kind}[]" for _, kind in columns)
+        select = ", ".join(f"{qn(name)}::jsonb" if kind == "jsonb" else qn(name) for name, kind in columns)
+        sql = f"INSERT INTO {qn(table)} ({names}) SELECT {select} FROM UNNEST({arrays}) AS v({names})"
+        params.extend(_column_arrays([kind for _, kind in columns], rows))
+    else:
+        one = "(" + ", ".join(f"%s::{kind}" if postgresql else "%s" for _, kind in columns) + ")"
+        sql = f"INSERT INTO {qn(table)} ({names}) VALUES {', '.join([one] * len(rows))}"
+        params.extend(value for row in rows for value in row)
+    if ctes:
+        sql = f"WITH {', '.join(ctes)} {sql}"
+    if returning:
+        sql += " RETURNING id"
+    with connection.cursor() as cursor:
         cursor.execute(sql, params)
         return [row[0] for row in cursor.fetchall()] if returning else []
 
 
-def _binary_params(cursor: Any) -> bool:
+ARRAYS_FROM = 16  # rows; below it scalar placeholders cost less than psycopg's array dumping
+
+
+def _arrays_for(rows: list[list[Any]]) -> bool:
+    """Send rows as one binary array per column (PostgreSQL, many rows) rather than a placeholder per value."""
+    return len(rows) >= ARRAYS_FROM and _binary_params()
+
+
+def _binary_params() -> bool:
     """psycopg's %b placeholders need server-side binding (settings: DB_SERVER_SIDE_BINDING)."""
-    return bool(connection.settings_dict.get("OPTIONS", {}).get("server_side_binding"))
+    return connection.vendor == "postgresql" and bool(
+        connection.settings_dict.get("OPTIONS", {}).get("server_side_binding")
+    )
 
 
 def in_list(column: str, values: list[Any]) -> tuple[str, list[Any]]:
-    """`column IN (...)` for many values: one array parameter on PostgreSQL (`= ANY(%s)`), so a
-    thousand ids cost one placeholder to parse and send; a placeholder each on SQLite."""
-    if connection.vendor == "postgresql":
+    """`column IN (...)`: a placeholder per value for a few values; for many on PostgreSQL one
+    array parameter (`= ANY(%s)`), so a thousand ids cost one placeholder to parse and send.
+
+    Not for the last column of a multi-column index on PostgreSQL 15: an IN list there is only a
+    filter (see usage.services.record.stored_events_send)."""
+    if len(values) == 1:
+        return f"{column} = %s", list(values)
+    if connection.vendor == "postgresql" and len(values) >= ARRAYS_FROM:
         return f"{column} = ANY(%s)", [list(values)]
     return f"{column} IN ({placeholders(len(values))})", list(values)

@@ -15,7 +15,8 @@ class AllowanceWindow(models.Model):
     `limit` is copied from the allowance when the window opens.
     """
 
-    organization = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="windows")
+    # Indexed by window_unique_start and window_org_current (organization first).
+    organization = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="windows", db_index=False)
     allowance = models.ForeignKey(PlanAllowance, on_delete=models.CASCADE, related_name="windows")
     start = models.DateTimeField()
     end = models.DateTimeField()
@@ -55,8 +56,12 @@ class UsageEvent(models.Model):
     `response` is the body returned the first time (without `id`), so a replay returns it again.
     """
 
-    organization = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="usage_events")
-    meter = models.ForeignKey(Meter, on_delete=models.PROTECT, related_name="events")
+    # Indexed by event_org_recent and the unique key (organization first). No index on meter
+    # alone: every index is written on each event, and only deleting a meter (PROTECT) asks.
+    organization = models.ForeignKey(
+        Organization, on_delete=models.CASCADE, related_name="usage_events", db_index=False
+    )
+    meter = models.ForeignKey(Meter, on_delete=models.PROTECT, related_name="events", db_index=False)
     kind = models.CharField(max_length=16, choices=EventKind.choices, default=EventKind.USAGE)
     decision = models.CharField(max_length=16, choices=Decision.choices)
     quantity = CreditField()

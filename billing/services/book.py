@@ -10,6 +10,7 @@ account lock. On SQLite, IMMEDIATE transactions serialize all writers instead.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from decimal import Decimal
 from typing import Any
@@ -17,7 +18,7 @@ from typing import Any
 from django.db import connection
 from django.db.models import Case, F, IntegerField, Value, When
 
-from billing.models import CreditAccount, CreditLot, EntryKind, LedgerEntry, LotCategory
+from billing.models import CreditAccount, CreditLot, EntryKind, LotCategory
 from core.money import ZERO
 from core.sql import (
     Sent,
@@ -43,6 +44,22 @@ DRAW_ORDER = (
 )
 
 
+@dataclass(slots=True)
+class Entry:
+    """A ledger entry to write (a LedgerEntry row once flushed; `pk` is set then, outside a pipeline)."""
+
+    organization_id: int
+    lot_id: int
+    kind: str
+    amount: Decimal
+    balance_after: Decimal
+    reference: str
+    reason: str
+    actor_id: int | None
+    created_at: datetime
+    pk: int | None = None
+
+
 def credit_books_lock(organization_ids: Iterable[int], *, now: datetime, lock: bool = True) -> dict[int, CreditBook]:
     """Lock the credit accounts of these organizations, in id order, with their plan, anchor and zone.
 
@@ -52,34 +69,46 @@ def credit_books_lock(organization_ids: Iterable[int], *, now: datetime, lock: b
     return credit_books_read(credit_books_send(organization_ids, lock=lock), now=now, lock=lock)
 
 
-def credit_books_send(organization_ids: Iterable[int], *, lock: bool = True) -> Sent | None:
-    """Send the statement of credit_books_lock; read it with credit_books_read. Statements sent
-    after it (in a pipeline) run once the locks are granted."""
+@dataclass(slots=True)
+class BooksSent:
+    accounts: Sent
+    context: Sent
+
+
+def credit_books_send(organization_ids: Iterable[int], *, lock: bool = True) -> BooksSent | None:
+    """Send the statements of credit_books_lock; read them with credit_books_read. Statements
+    sent after them (in a pipeline) run once the locks are granted.
+
+    Two statements: the lock, then the plan, anchor and zone. Not one join: a statement that
+    waited for a lock still reads the other tables as they were when it started (EvalPlanQual
+    re-reads only the locked row), so a plan changed by the transaction it waited for would be
+    missed. In a pipeline the second costs no round trip."""
     ids = sorted(set(organization_ids))
     if not ids:
         return None
-    where, params = in_list("a.organization_id", ids)
-    sql = (
-        f"SELECT {columns_of(CreditAccount, 'a')}, s.plan_id, s.anchor, o.timezone"
-        " FROM billing_creditaccount a"
-        " JOIN accounts_organization o ON o.id = a.organization_id"
-        " LEFT JOIN plans_subscription s ON s.organization_id = a.organization_id"
-        f" WHERE {where}"
-        " ORDER BY a.organization_id"
-    )
+    where, params = in_list("organization_id", ids)
+    sql = f"SELECT {columns_of(CreditAccount)} FROM billing_creditaccount WHERE {where} ORDER BY organization_id"
     if lock:
-        sql += for_no_key_update(of="a")
-    return Sent(sql, params)
+        sql += for_no_key_update(of="billing_creditaccount")
+    accounts = Sent(sql, params)
+    where, params = in_list("o.id", ids)
+    context = Sent(
+        "SELECT o.id, s.plan_id, s.anchor, o.timezone FROM accounts_organization o"
+        f" LEFT JOIN plans_subscription s ON s.organization_id = o.id WHERE {where}",
+        params,
+    )
+    return BooksSent(accounts, context)
 
 
 def credit_books_read(
-    sent: Sent | None, *, now: datetime, lock: bool = True, lots: Sent | None = None
+    sent: BooksSent | None, *, now: datetime, lock: bool = True, lots: Sent | None = None
 ) -> dict[int, CreditBook]:
     """The books of credit_books_send's accounts; with `lots` (open_lots_send's, sent after the
     lock) their open lots too, so no book queries them again."""
     if sent is None:
         return {}
-    accounts = build_instances(CreditAccount, sent.rows(), extra=3)
+    accounts = build_instances(CreditAccount, sent.accounts.rows())
+    context = {org_id: (plan_id, anchor, timezone) for org_id, plan_id, anchor, timezone in sent.context.rows()}
     open_lots: dict[int, list[CreditLot]] | None = None
     if lots is not None:
         open_lots = {account.organization_id: [] for account in accounts}
@@ -91,6 +120,7 @@ def credit_books_read(
             now=now,
             locked=lock,
             lots=None if open_lots is None else open_lots[account.organization_id],
+            context=context.get(account.organization_id),
         )
         for account in accounts
     }
@@ -107,13 +137,19 @@ def open_lots_send(organization_ids: Iterable[int]) -> Sent | None:
 
 class CreditBook:
     def __init__(
-        self, account: CreditAccount, *, now: datetime, locked: bool = True, lots: list[CreditLot] | None = None
+        self,
+        account: CreditAccount,
+        *,
+        now: datetime,
+        locked: bool = True,
+        lots: list[CreditLot] | None = None,
+        context: tuple[int | None, object, str] | None = None,
     ):
         self.account = account
         self.now = now
         self.locked = locked
-        # Read with the lock (credit_books_lock): the subscription's plan and anchor, the org's zone.
-        plan_id, anchor, timezone = getattr(account, "_extra", None) or (None, None, None)
+        # Read right after the lock (credit_books_send): the subscription's plan and anchor, the zone.
+        plan_id, anchor, timezone = context or (None, None, None)
         self.plan_id: int | None = plan_id
         self.anchor: datetime | None = from_db_datetime(anchor)
         self.timezone: str = timezone or "UTC"
@@ -121,7 +157,7 @@ class CreditBook:
         self._lots: list[CreditLot] | None = None if lots is None else sorted(lots, key=_draw_key)
         self._dirty: dict[int, CreditLot] = {}
         self._new_lots: list[CreditLot] = []
-        self.entries: list[LedgerEntry] = []
+        self.entries: list[Entry] = []
         self._account_dirty = False
         self.month: date = month_start(now).date()
         if account.spend_month != self.month:
@@ -179,11 +215,11 @@ class CreditBook:
 
     def _entry(
         self, lot: CreditLot, kind: str, amount: Decimal, reference: str, reason: str = "", actor_id: int | None = None
-    ) -> LedgerEntry:
+    ) -> Entry:
         self.balance += amount
-        entry = LedgerEntry(
+        entry = Entry(
             organization_id=self.organization_id,
-            lot=lot,
+            lot_id=lot.pk,
             kind=kind,
             amount=amount,
             balance_after=self.balance,
@@ -332,7 +368,7 @@ def flush_books(books: Iterable[CreditBook]) -> None:
     """Write what these books changed: dirty lots, new ledger entries and accounts, in three
     statements however many organizations (a batch touches up to a thousand)."""
     lot_rows: list[list[Any]] = []
-    entries: list[LedgerEntry] = []
+    entries: list[Entry] = []
     account_rows: list[list[Any]] = []
     for book in books:
         if not book.locked:
@@ -366,7 +402,7 @@ def flush_books(books: Iterable[CreditBook]) -> None:
         [
             [
                 e.organization_id,
-                e.lot_id if e.lot_id is not None else e.lot.pk,
+                e.lot_id,
                 e.kind,
                 e.amount,
                 e.balance_after,

@@ -188,6 +188,21 @@ def test_rolling_window_starts_at_first_use_and_the_next_at_first_use_after_it_e
     ]
 
 
+def test_a_request_that_read_the_clock_earlier_uses_the_rolling_window_a_later_one_opened():
+    # Given a 5-hour rolling window of 3, opened and used up by a request stamped 2 s after T0
+    meter = MeterFactory()
+    allowance = AllowanceFactory(meter=meter, limit=D(3), window_kind=WindowKind.ROLLING, window_seconds=FIVE_HOURS)
+    org = make_org(plan=allowance.plan)
+    later = T0 + timedelta(seconds=2)
+    assert use(org, meter, "3", "k1", now=later).status == 201
+    # When a request that read the clock 1 s earlier gets the lock afterwards
+    out = use(org, meter, "1", "k2", now=T0 + timedelta(seconds=1))
+    # Then it counts against that window (used up: no credits, so denied) instead of opening another
+    assert (out.status, out.body["error"]["code"]) == (402, "limit_reached")
+    assert out.body["windows"][0]["resets_at"] == (later + 5 * H).isoformat()
+    assert windows(org) == [(allowance.pk, later, later + 5 * H, D(3), D(3))]
+
+
 def test_rolling_window_ends_exactly_at_its_length():
     meter = MeterFactory()
     allowance = AllowanceFactory(meter=meter, limit=D(5), window_kind=WindowKind.ROLLING, window_seconds=FIVE_HOURS)

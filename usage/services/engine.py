@@ -18,10 +18,11 @@ from django.conf import settings
 from django.db.models import Q
 from django.utils import translation
 
-from billing.models import EntryKind, LedgerEntry
+from billing.models import EntryKind
 from billing.services.autotopup import auto_topup_enqueue_on_commit
 from billing.services.book import (
     CreditBook,
+    Entry,
     credit_books_read,
     credit_books_send,
     flush_books,
@@ -113,7 +114,7 @@ class Evaluation:
 class Engine:
     """Decide usage for locked organizations. `Engine(ids, now=now)` locks and loads at once.
 
-    To read in the same round trip as the lock (inside core.sql.pipeline()), pass `meters` (the
+    To read in the same round trip as the lock (inside core.sql.atomic_pipeline()), pass `meters` (the
     meters whose current windows to load) and `with_lots`, and `load=False`; send any other reads
     of the same organizations; then call `load()`. Everything sent after the lock runs after it.
     """
@@ -127,10 +128,12 @@ class Engine:
         meters: Collection[int] = (),
         with_lots: bool = False,
         load: bool = True,
+        catalog: Catalogue | None = None,
     ):
         self.now = now
         self.lock = lock
-        self.catalogue: Catalogue = catalogue()
+        # The caller's, when it already looked meters up: one catalogue for the whole request.
+        self.catalogue: Catalogue = catalog or catalogue()
         self.books: dict[int, CreditBook] = {}
         self.states: dict[int, OrgState] = {}
         self.notices: list[Notice] = []
@@ -180,20 +183,8 @@ class Engine:
                     self._looked_up.add((org_id, allowance.id))
         if not allowance_ids:
             return
-        by_org, org_params = in_list("organization_id", list(wanted))
-        by_allowance, allowance_params = in_list("allowance_id", list(allowance_ids))
-        rows = build_instances(
-            AllowanceWindow,
-            Sent(
-                f"SELECT {columns_of(AllowanceWindow)} FROM usage_allowancewindow"
-                f" WHERE {by_org} AND {by_allowance} AND start <= %s AND {qn('end')} > %s",
-                [*org_params, *allowance_params, db_datetime(self.now), db_datetime(self.now)],
-            ).rows(),
-        )
-        for window in rows:
-            st = wanted[window.organization_id]
-            slot = self._slot_for(st, window)
-            st.current[window.allowance_id] = slot
+        for window in build_instances(AllowanceWindow, self._windows_sent(list(wanted), list(allowance_ids)).rows()):
+            self._take_current(wanted[window.organization_id], window)
 
     def _windows_send(self, organization_ids: list[int], meter_ids: list[int]) -> Sent | None:
         """The current windows of these meters' allowances, in any plan (the plans are not known
@@ -201,13 +192,33 @@ class Engine:
         allowance_ids = [a.id for a in self.catalogue.allowances_by_id.values() if a.meter_id in meter_ids]
         if not organization_ids or not allowance_ids:
             return None
+        return self._windows_sent(organization_ids, allowance_ids)
+
+    def _windows_sent(self, organization_ids: list[int], allowance_ids: list[int]) -> Sent:
+        """The windows of these allowances that have not ended (see _take_current)."""
         by_org, org_params = in_list("organization_id", organization_ids)
         by_allowance, allowance_params = in_list("allowance_id", allowance_ids)
         return Sent(
             f"SELECT {columns_of(AllowanceWindow)} FROM usage_allowancewindow"
-            f" WHERE {by_org} AND {by_allowance} AND start <= %s AND {qn('end')} > %s",
-            [*org_params, *allowance_params, db_datetime(self.now), db_datetime(self.now)],
+            f" WHERE {by_org} AND {by_allowance} AND {qn('end')} > %s",
+            [*org_params, *allowance_params, db_datetime(self.now)],
         )
+
+    def _take_current(self, st: OrgState, window: AllowanceWindow) -> None:
+        """Make `window` (unended) its allowance's current one if it is: the one that has started;
+        for a rolling allowance, failing that, one that starts a moment after our `now`. Requests
+        take the lock in any order, so a request that read the clock later may have opened it;
+        opening another would overlap it and count the same allowance twice."""
+        allowance = self.catalogue.allowances_by_id.get(window.allowance_id)
+        if allowance is None:
+            return
+        held = st.current.get(window.allowance_id)
+        started = window.start <= self.now
+        soonest_ahead = allowance.window_kind == WindowKind.ROLLING and (
+            held is None or self.now < window.start < held.window.start
+        )
+        if started or soonest_ahead:
+            st.current[window.allowance_id] = self._slot_for(st, window)
 
     def _windows_read(self, sent: Sent, meter_ids: list[int]) -> None:
         rows = build_instances(AllowanceWindow, sent.rows())
@@ -221,7 +232,7 @@ class Engine:
             owner = self.states.get(window.organization_id)
             if owner is None or (window.organization_id, window.allowance_id) not in self._looked_up:
                 continue  # an allowance of another plan
-            owner.current[window.allowance_id] = self._slot_for(owner, window)
+            self._take_current(owner, window)
 
     def _slot_for(self, st: OrgState, window: AllowanceWindow) -> Slot:
         key = (window.allowance_id, window.start)
@@ -310,7 +321,7 @@ class Engine:
 
     def apply(
         self, st: OrgState, ev: Evaluation, *, kind: str = EntryKind.CONSUME
-    ) -> tuple[list[tuple[int, Decimal]], list[LedgerEntry]]:
+    ) -> tuple[list[tuple[int, Decimal]], list[Entry]]:
         """Take what `ev` says: allowance from every window, credits from lots. Returns the lots
         drawn and their (unsaved) ledger entries, whose reference the caller fills in."""
         if ev.from_allowance > 0:

@@ -20,13 +20,13 @@ from django.db import connection, transaction
 
 from accounts.models import Role
 from accounts.selectors import membership_role
-from billing.models import LedgerEntry
-from core.money import format_decimal
-from core.sql import Sent, Update, db_datetime, in_list, insert_rows, pipeline
+from billing.services.book import Entry
+from core.money import ZERO, format_decimal
+from core.sql import Sent, Update, atomic_pipeline, db_datetime, in_list, insert_rows
 from plans.periods import month_start
 from plans.selectors import catalogue
 from usage.messages import limit_reached_message, spend_cap_message
-from usage.models import Decision, EventKind, UsageEvent
+from usage.models import Decision, EventKind
 from usage.services.engine import Engine, Evaluation, OrgState
 
 
@@ -154,7 +154,29 @@ _EVENT_COLUMNS = [
 ]
 
 
-def insert_events(events: list[UsageEvent], *, along: list[Update], ids: list[int] | None = None) -> None:
+@dataclass(slots=True)
+class NewEvent:
+    """A usage event to insert (a UsageEvent row; a plain object: a batch builds a thousand)."""
+
+    organization_id: int
+    meter_id: int
+    kind: str
+    decision: str
+    quantity: Decimal
+    from_allowance: Decimal
+    credits_charged: Decimal
+    idempotency_key: str
+    request_hash: str
+    http_status: int
+    response: dict[str, Any]
+    metadata: dict[str, Any]
+    user_id: int | None
+    occurred_at: datetime
+    created_at: datetime
+    pk: int | None = None
+
+
+def insert_events(events: list[NewEvent], *, along: list[Update], ids: list[int] | None = None) -> None:
     """Insert new usage events in one statement (see core.sql.insert_rows), with the window
     updates riding along, and set the events' ids: `ids` reserved beforehand (event_ids_send),
     so nothing waits for the insert's answer, or else returned by it."""
@@ -219,6 +241,13 @@ def stored_events_send(*, pairs: set[tuple[int, str]]) -> Sent | None:
     the organization."""
     if not pairs:
         return None
+    columns = "id, organization_id, idempotency_key, request_hash, http_status, response"
+    if len(pairs) == 1:
+        [(organization_id, key)] = pairs
+        return Sent(
+            f"SELECT {columns} FROM usage_usageevent WHERE organization_id = %s AND kind = %s AND idempotency_key = %s",
+            [organization_id, EventKind.USAGE.value, key],
+        )
     if connection.vendor == "postgresql":
         orgs, keys = zip(*pairs, strict=True)
         return Sent(
@@ -231,8 +260,7 @@ def stored_events_send(*, pairs: set[tuple[int, str]]) -> Sent | None:
     by_org, org_params = in_list("organization_id", sorted({org for org, _ in pairs}))
     by_key, key_params = in_list("idempotency_key", sorted({key for _, key in pairs}))
     return Sent(
-        "SELECT id, organization_id, idempotency_key, request_hash, http_status, response FROM usage_usageevent"
-        f" WHERE {by_org} AND kind = %s AND {by_key}",
+        f"SELECT {columns} FROM usage_usageevent WHERE {by_org} AND kind = %s AND {by_key}",
         [*org_params, EventKind.USAGE.value, *key_params],
     )
 
@@ -259,20 +287,21 @@ def usage_record_batch(*, items: list[UsageInput], now: datetime) -> list[Outcom
     if not items:
         return []
     digests = [request_hash(item) for item in items]  # before the lock: less work while it is held
-    meters_by_key = catalogue().meters_by_key
+    catalog = catalogue()
+    meters_by_key = catalog.meters_by_key
     meter_ids = {meter.id for item in items if (meter := meters_by_key.get(item.meter)) is not None}
     org_ids = sorted({item.organization_id for item in items})
-    # Three round trips on PostgreSQL: BEGIN; the lock with every read (sent together, they run in
-    # order once the lock is granted); every write, then COMMIT.
-    with transaction.atomic(), pipeline():
-        engine = Engine(org_ids, now=now, meters=meter_ids, with_lots=True, load=False)
+    # Three exchanges with PostgreSQL: BEGIN; the lock with every read (sent together, they run in
+    # order once the lock is granted); every write with the COMMIT (core.sql.atomic_pipeline).
+    with atomic_pipeline():
+        engine = Engine(org_ids, now=now, meters=meter_ids, with_lots=True, load=False, catalog=catalog)
         sent_stored = stored_events_send(pairs={(i.organization_id, i.idempotency_key) for i in items})
         sent_ids = event_ids_send(len(items))
         engine.load()
         stored = stored_events_read(sent_stored)
         event_ids = [row[0] for row in sent_ids.rows()] if sent_ids is not None else None
         outcomes: list[Outcome] = []
-        pending: list[tuple[Outcome, UsageEvent, list[LedgerEntry]]] = []
+        pending: list[tuple[Outcome, NewEvent, list[Entry]]] = []
         seen: dict[tuple[int, str], tuple[str, Outcome]] = {}  # keys first used in this batch
         repeats: list[tuple[int, Outcome]] = []  # (index, first outcome) for a key repeated in the batch
         for item, digest in zip(items, digests, strict=True):
@@ -301,20 +330,20 @@ def usage_record_batch(*, items: list[UsageInput], now: datetime) -> list[Outcom
                 outcomes.append(unknown_meter(item.meter))
                 continue
             ev = engine.evaluate(st, meter, item.quantity)
-            entries: list[LedgerEntry] = []
+            entries: list[Entry] = []
             if ev.allowed:
                 drawn, entries = engine.apply(st, ev)
                 status, body = 201, {"decision": Decision.ALLOWED, **decision_fields(st, ev, drawn=drawn)}
             else:
                 status, body = 402, denial(engine, st, ev, user_id=item.user_id, now=now)
-            event = UsageEvent(
+            event = NewEvent(
                 organization_id=st.organization_id,
                 meter_id=meter.id,
                 kind=EventKind.USAGE,
                 decision=Decision.ALLOWED if ev.allowed else Decision.DENIED,
                 quantity=item.quantity,
-                from_allowance=ev.from_allowance if ev.allowed else 0,
-                credits_charged=ev.credits if ev.allowed else 0,
+                from_allowance=ev.from_allowance if ev.allowed else ZERO,
+                credits_charged=ev.credits if ev.allowed else ZERO,
                 idempotency_key=item.idempotency_key,
                 request_hash=digest,
                 http_status=status,
@@ -332,6 +361,7 @@ def usage_record_batch(*, items: list[UsageInput], now: datetime) -> list[Outcom
         windows = engine.flush_windows(defer_updates=True)
         insert_events([event for _, event, _ in pending], along=[windows] if windows else [], ids=event_ids)
         for outcome, event, entries in pending:
+            assert event.pk is not None  # set by insert_events
             for entry in entries:
                 entry.reference = f"usage:{event.pk}"
             outcome.body = _with_id(event.pk, outcome.body)
