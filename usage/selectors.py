@@ -8,13 +8,16 @@ from typing import Any
 from django.db.models import QuerySet
 
 from core.money import format_decimal
+from core.sql import atomic_pipeline
+from plans.selectors import catalogue
 from usage.models import UsageEvent
 from usage.services.engine import Engine
 
 
 def entitlements(*, organization_id: int, now: datetime) -> dict[str, Any] | None:
     """Plan, every meter's windows as they stand now, the balance and open lots. Reads only."""
-    engine = Engine({organization_id}, now=now, lock=False)
+    with atomic_pipeline():  # the account and every window and lot it shows, in one exchange
+        engine = Engine({organization_id}, now=now, lock=False, meters=catalogue().meters_by_id.keys(), with_lots=True)
     st = engine.state(organization_id)
     if st is None:
         return None

@@ -16,7 +16,7 @@ from decimal import Decimal
 from typing import Any
 
 from django.conf import settings
-from django.db import connection, transaction
+from django.db import connection
 
 from accounts.models import Role
 from accounts.selectors import membership_role
@@ -379,12 +379,14 @@ def usage_authorize(
     *, organization_id: int, meter: str, quantity: Decimal, now: datetime, user_id: int | None = None
 ) -> Outcome:
     """Would this be allowed now, and from where? Reads only; takes no lock and writes nothing."""
-    with transaction.atomic():
-        engine = Engine({organization_id}, now=now, lock=False)
+    catalog = catalogue()
+    meter_info = catalog.meters_by_key.get(meter)
+    meters = {meter_info.id} if meter_info is not None else set()
+    with atomic_pipeline():  # the account, its windows and lots in one exchange
+        engine = Engine({organization_id}, now=now, lock=False, meters=meters, with_lots=True, catalog=catalog)
         st = engine.state(organization_id)
         if st is None:
             return not_found(organization_id)
-        meter_info = engine.catalogue.meters_by_key.get(meter)
         if meter_info is None:
             return unknown_meter(meter)
         ev = engine.evaluate(st, meter_info, quantity)
