@@ -5,14 +5,16 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
 
 from accounts.models import Membership, Role, User
 from billing.services import credits_grant, spend_cap_set
 from plans.models import Overage, WindowKind
 from tests.factories import T0, AllowanceFactory, MeterFactory, PlanFactory, make_org
-from tests.usage.engine_support import D, use
+from tests.usage.engine_support import D, item, use
 from usage.messages import limit_reached_message, spend_cap_message
-from usage.services import usage_authorize
+from usage.services import usage_authorize, usage_record_batch
 
 pytestmark = pytest.mark.django_db
 
@@ -218,3 +220,15 @@ def test_message_functions_directly():
         "Your organization has reached its monthly credit spend cap of 100 credits."
         " Raise the cap in billing settings, or wait until 2026-03-01 09:05 UTC."
     )
+
+
+def test_a_batch_of_denials_looks_each_callers_role_up_once():
+    # Given a batch of 20 denied events from two people (each role lookup runs under the lock)
+    org, meter, people = org_on()
+    member, admin = people[Role.MEMBER].pk, people[Role.ADMIN].pk
+    batch = [item(org, meter, "3", f"k{i}", user_id=member if i % 2 else admin) for i in range(20)]
+    with CaptureQueriesContext(connection) as ctx:
+        outcomes = usage_record_batch(items=batch, now=T0)
+    # Then every one is worded for its caller's role, and each role was read once
+    assert [o.body["error"]["role"] for o in outcomes] == ["admin", "member"] * 10
+    assert sum("accounts_membership" in q["sql"] for q in ctx.captured_queries) == 2

@@ -105,11 +105,26 @@ def decision_fields(st: OrgState, ev: Evaluation, *, drawn: list[tuple[int, Deci
     }
 
 
-def denial(engine: Engine, st: OrgState, ev: Evaluation, *, user_id: int | None, now: datetime) -> dict[str, Any]:
-    """The 402 body: an error worded for the plan and the caller's role, plus the state that caused it."""
+def denial(
+    engine: Engine,
+    st: OrgState,
+    ev: Evaluation,
+    *,
+    user_id: int | None,
+    now: datetime,
+    roles: dict[tuple[int, int], str] | None = None,
+) -> dict[str, Any]:
+    """The 402 body: an error worded for the plan and the caller's role, plus the state that caused it.
+    `roles` caches the callers' roles across a batch (each is one query, while the lock is held)."""
     role: str = Role.OWNER
     if user_id is not None:
-        role = membership_role(organization_id=st.organization_id, user_id=user_id) or Role.MEMBER
+        key = (st.organization_id, user_id)
+        cached = roles.get(key) if roles is not None else None
+        if cached is None:
+            cached = membership_role(organization_id=st.organization_id, user_id=user_id) or Role.MEMBER
+            if roles is not None:
+                roles[key] = cached
+        role = cached
     plan_name = st.plan.name if st.plan else "current"
     resets_at: datetime | None
     if ev.reason == "spend_cap_reached":
@@ -303,6 +318,7 @@ def usage_record_batch(*, items: list[UsageInput], now: datetime) -> list[Outcom
         outcomes: list[Outcome] = []
         pending: list[tuple[Outcome, NewEvent, list[Entry]]] = []
         seen: dict[tuple[int, str], tuple[str, Outcome]] = {}  # keys first used in this batch
+        roles: dict[tuple[int, int], str] = {}  # (organization, user) -> role, for denials
         repeats: list[tuple[int, Outcome]] = []  # (index, first outcome) for a key repeated in the batch
         for item, digest in zip(items, digests, strict=True):
             st = engine.state(item.organization_id)
@@ -335,7 +351,7 @@ def usage_record_batch(*, items: list[UsageInput], now: datetime) -> list[Outcom
                 drawn, entries = engine.apply(st, ev)
                 status, body = 201, {"decision": Decision.ALLOWED, **decision_fields(st, ev, drawn=drawn)}
             else:
-                status, body = 402, denial(engine, st, ev, user_id=item.user_id, now=now)
+                status, body = 402, denial(engine, st, ev, user_id=item.user_id, now=now, roles=roles)
             event = NewEvent(
                 organization_id=st.organization_id,
                 meter_id=meter.id,
