@@ -400,7 +400,7 @@ class CardsView(APIView):
     )
     def get(self, request: Request, organization_id: int) -> Response:
         _organization_checked(request, organization_id)
-        cards, default_id = purchases.cards_with_default(organization_id=organization_id)
+        cards, default_id = selectors.cards_with_default(organization_id=organization_id)
         return Response({"data": [card_dict(card, default_id) for card in cards]})
 
 
@@ -453,7 +453,7 @@ class CardDefaultView(APIView):
         customer = purchases.card_set_default(
             organization_id=organization_id, payment_method_id=payment_method_id, now=now()
         )
-        cards, default_id = purchases.cards_with_default(organization_id=organization_id)
+        cards, default_id = selectors.cards_with_default(organization_id=organization_id)
         card = next((c for c in cards if c.id == default_id), None)
         if card is None:  # removed meanwhile by another call
             card = stripe_gateway.Card(id=default_id, brand=customer.card_brand, last4=customer.card_last4)

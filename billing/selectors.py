@@ -1,10 +1,12 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from decimal import Decimal
+from typing import Any, NamedTuple
 
 from django.db.models import QuerySet
 
+from billing import stripe_gateway as gateway
 from billing.models import (
     PLAN_KINDS,
     CreditAccount,
@@ -16,9 +18,11 @@ from billing.models import (
     PurchaseStatus,
     StripeCustomer,
 )
-from billing.pricing import format_money, pack_rate_pack
+from billing.pricing import format_money, pack_rate_pack, price_at_pack_rate
 from billing.services.book import DRAW_ORDER
-from core.money import format_decimal
+from core.errors import Conflict, NotFound
+from core.money import ZERO, format_decimal
+from plans.selectors import subscription_for
 
 
 def credit_account(*, organization_id: int) -> CreditAccount | None:
@@ -53,6 +57,63 @@ def card_on_file(*, organization_id: int) -> StripeCustomer | None:
     return customer if customer is not None and customer.has_card else None
 
 
+def cards_with_default(*, organization_id: int) -> tuple[list[gateway.Card], str]:
+    """The cards on file (as Stripe has them) and the id of the default one ("" when none)."""
+    customer = StripeCustomer.objects.filter(organization_id=organization_id).first()
+    if customer is None:
+        return [], ""
+    return gateway.payment_method_list(customer=customer.customer_id), customer.default_payment_method_id
+
+
+def cards_list(*, organization_id: int) -> list[gateway.Card]:
+    return cards_with_default(organization_id=organization_id)[0]
+
+
+def billing_currency(*, organization_id: int) -> str:
+    """The currency the organization is billed in: its plan's, "usd" without a subscription."""
+    subscription = subscription_for(organization_id=organization_id)
+    return subscription.plan.currency if subscription is not None else "usd"
+
+
+def auto_topup_currency(*, organization_id: int, account: CreditAccount | None) -> str:
+    """The currency auto top-up charges in: the one saved with its settings, else the billing currency.
+    `account`: the organization's credit account, as the caller read it (None: it has none)."""
+    if account is not None and account.auto_topup_currency:
+        return account.auto_topup_currency
+    return billing_currency(organization_id=organization_id)
+
+
+class AutoTopUpQuote(NamedTuple):
+    """What one top-up from the minimum to the target buys and charges, at the pack rate."""
+
+    credits: Decimal
+    amount: int  # minor units
+    currency: str
+
+
+class AutoTopUpTerms(NamedTuple):
+    currency: str  # the one saved with the settings, else the billing currency
+    pack: CreditPack | None  # the pack rate in that currency (it prices a top-up and dates its expiry)
+    quote: AutoTopUpQuote | None  # None until a minimum and a target are set, or when no pack is sold
+
+
+def auto_topup_terms(*, organization_id: int, account: CreditAccount | None) -> AutoTopUpTerms:
+    """Auto top-up's currency, pack rate and quote; `account` as for auto_topup_currency."""
+    currency = auto_topup_currency(organization_id=organization_id, account=account)
+    pack = pack_rate(currency=currency)
+    quote = None
+    if pack is not None and account is not None and account.auto_topup_target_balance > account.auto_topup_min_balance:
+        credits = account.auto_topup_target_balance - max(account.auto_topup_min_balance, ZERO)
+        quote = AutoTopUpQuote(credits, price_at_pack_rate(credits, pack), currency)
+    return AutoTopUpTerms(currency, pack, quote)
+
+
+def auto_topup_quote(*, organization_id: int) -> AutoTopUpQuote | None:
+    """What a top-up from the minimum would buy and charge now."""
+    account = credit_account(organization_id=organization_id)
+    return auto_topup_terms(organization_id=organization_id, account=account).quote
+
+
 def plan_upgrade_waiting(*, organization_id: int) -> CreditPurchase | None:
     """The organization's plan upgrade whose payment waits for the bank (3-D Secure), if any
     (at most one plan payment is in flight)."""
@@ -67,6 +128,23 @@ def plan_upgrade_waiting(*, organization_id: int) -> CreditPurchase | None:
         .order_by("-id")
         .first()
     )
+
+
+def purchase_authentication_secret(
+    *, organization_id: int, purchase_id: int, kind: PurchaseKind = PurchaseKind.PURCHASE
+) -> str:
+    """The client secret Stripe.js's confirmCardPayment needs to run 3-D Secure in the browser, for a
+    purchase of this organization (of `kind`) that waits for it. Outside any transaction (network)."""
+    purchase = CreditPurchase.objects.filter(pk=purchase_id, organization_id=organization_id, kind=kind).first()
+    if purchase is None:
+        raise NotFound("There is no such purchase.", code="purchase_not_found")
+    not_waiting = Conflict("This payment does not wait for your bank.", code="purchase_not_awaiting_authentication")
+    if purchase.status != PurchaseStatus.REQUIRES_ACTION or not purchase.payment_intent_id:
+        raise not_waiting
+    intent = gateway.payment_intent_retrieve(payment_intent=purchase.payment_intent_id)
+    if intent.status != "requires_action" or not intent.client_secret:
+        raise not_waiting
+    return intent.client_secret
 
 
 RECEIPT_STATUSES = (PurchaseStatus.SUCCEEDED, PurchaseStatus.REFUNDED)

@@ -36,13 +36,13 @@ from billing.models import (
     PurchaseStatus,
     StripeCustomer,
 )
+from billing.selectors import billing_currency
 from billing.services import purchases
 from billing.services.book import credit_books_lock
 from billing.services.notices import billing_notice_add
 from billing.stripe_gateway import PaymentProviderError
 from core.errors import Conflict, DomainError, NotFound
-from core.money import ZERO, format_decimal, round_credits
-from plans.models import Subscription
+from core.money import format_decimal, round_credits
 from plans.periods import month_start
 
 logger = logging.getLogger(__name__)
@@ -72,11 +72,6 @@ def _account_locked(organization_id: int, now: datetime) -> CreditAccount:
     return books[organization_id].account
 
 
-def _default_currency(organization_id: int) -> str:
-    sub = Subscription.objects.select_related("plan").filter(organization_id=organization_id).first()
-    return sub.plan.currency if sub is not None else "usd"
-
-
 def auto_topup_configure(
     *,
     organization_id: int,
@@ -96,7 +91,7 @@ def auto_topup_configure(
     Off: keeps the settings, so turning it on again shows them.
     """
     min_balance, target_balance = round_credits(min_balance), round_credits(target_balance)
-    currency = (currency or _default_currency(organization_id)).lower()
+    currency = (currency or billing_currency(organization_id=organization_id)).lower()
     if enabled:
         _check_settings(organization_id, min_balance, target_balance, monthly_cap, currency)
     with transaction.atomic():
@@ -348,16 +343,3 @@ def auto_topup_due(*, now: datetime, limit: int = 500) -> list[int]:
         .order_by("organization_id")
         .values_list("organization_id", flat=True)[:limit]
     )
-
-
-def auto_topup_quote(*, organization_id: int) -> tuple[Decimal, int, str] | None:
-    """What a top-up from the minimum would buy and charge now: (credits, minor units, currency)."""
-    account = CreditAccount.objects.filter(organization_id=organization_id).first()
-    if account is None or account.auto_topup_target_balance <= account.auto_topup_min_balance:
-        return None
-    currency = account.auto_topup_currency or _default_currency(organization_id)
-    pack = pricing.pack_rate_pack(currency)
-    if pack is None:
-        return None
-    credits = account.auto_topup_target_balance - max(account.auto_topup_min_balance, ZERO)
-    return credits, pricing.price_at_pack_rate(credits, pack), currency

@@ -121,18 +121,6 @@ def card_set_default(*, organization_id: int, payment_method_id: str, now: datet
     return customer
 
 
-def cards_list(*, organization_id: int) -> list[gateway.Card]:
-    return cards_with_default(organization_id=organization_id)[0]
-
-
-def cards_with_default(*, organization_id: int) -> tuple[list[gateway.Card], str]:
-    """The cards on file and the id of the default one ("" when none)."""
-    customer = StripeCustomer.objects.filter(organization_id=organization_id).first()
-    if customer is None:
-        return [], ""
-    return gateway.payment_method_list(customer=customer.customer_id), customer.default_payment_method_id
-
-
 def card_remove(*, organization_id: int, payment_method_id: str, now: datetime) -> StripeCustomer:
     customer = StripeCustomer.objects.filter(organization_id=organization_id).first()
     if customer is None:
@@ -578,23 +566,6 @@ def purchase_refund(*, purchase_id: int, amount: int | None = None, now: datetim
         now=now,
     )
     return taken or ZERO
-
-
-def purchase_authentication_secret(
-    *, organization_id: int, purchase_id: int, kind: PurchaseKind = PurchaseKind.PURCHASE
-) -> str:
-    """The client secret Stripe.js's confirmCardPayment needs to run 3-D Secure in the browser, for a
-    purchase of this organization (of `kind`) that waits for it. Outside any transaction (network)."""
-    purchase = CreditPurchase.objects.filter(pk=purchase_id, organization_id=organization_id, kind=kind).first()
-    if purchase is None:
-        raise NotFound("There is no such purchase.", code="purchase_not_found")
-    not_waiting = Conflict("This payment does not wait for your bank.", code="purchase_not_awaiting_authentication")
-    if purchase.status != PurchaseStatus.REQUIRES_ACTION or not purchase.payment_intent_id:
-        raise not_waiting
-    intent = gateway.payment_intent_retrieve(payment_intent=purchase.payment_intent_id)
-    if intent.status != "requires_action" or not intent.client_secret:
-        raise not_waiting
-    return intent.client_secret
 
 
 def purchase_refresh(

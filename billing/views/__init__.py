@@ -1,5 +1,6 @@
 """The billing pages of the dashboard, one module per page: `credits` (and its `auto_topup`
-section), `buy` (the buy dialog and its actions), `plans`, `cards`; `_common` holds what they share.
+section's POST; `_credits_page` renders the page for both), `buy` (the buy dialog and its actions),
+`plans`, `cards`; `_common` holds what they share.
 Views are thin: services write, selectors read. billing/urls.py imports the views from the modules.
 """
 

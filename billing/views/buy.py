@@ -11,7 +11,6 @@ from typing import Any
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseBadRequest, JsonResponse
 from django.urls import reverse
 from django.utils.translation import gettext as _
-from django.utils.translation import gettext_noop
 from django.views.decorators.http import require_POST
 
 from accounts.views import OrgContext, org_page, render_org
@@ -19,7 +18,7 @@ from billing.models import CreditPurchase, PurchaseStatus
 from billing.selectors import card_on_file, packs_active
 from billing.services.purchases import card_set_default, card_setup_start, purchase_refresh, purchase_start
 from billing.stripe_gateway import CardDeclinedError, PaymentProviderError, PaymentRequestError
-from billing.views._common import PAYMENT_METHOD_ID, stripe_js_url, stripe_publishable_key
+from billing.views._common import PAYMENT_METHOD_ID, stripe_js_context
 from core.clock import now as clock_now
 from core.errors import DomainError
 
@@ -28,36 +27,13 @@ SESSION_LIVE_NOTE = "live_note"
 BUY_TOKEN = re.compile(r"^[0-9a-f]{32}$")
 
 
-# The customer-facing sentences of billing.stripe_gateway and billing.services.purchases, marked
-# here for translation (those modules stay free of gettext; the dialog translates what they say).
-_SERVICE_MESSAGES = (
-    gettext_noop("Your card was declined."),
-    gettext_noop("Your card has insufficient funds."),
-    gettext_noop("Your card has expired."),
-    gettext_noop("Your card's security code is incorrect."),
-    gettext_noop("Your card number is incorrect."),
-    gettext_noop("Your card's expiration month is invalid."),
-    gettext_noop("Your card's expiration year is invalid."),
-    gettext_noop("An error occurred while processing your card. Try again in a moment."),
-    gettext_noop("Your bank asks you to confirm this payment."),
-    gettext_noop("Your bank did not confirm this payment."),
-    gettext_noop("Your card was declined: its spending limit was reached."),
-    gettext_noop("The payment was canceled."),
-    gettext_noop("The payment details were not accepted. Try another card."),
-    gettext_noop("We could not reach our payment provider. Try again in a moment."),
-    gettext_noop("Add a card before buying credits."),
-    gettext_noop("This card is not on file."),
-)
-
-
 def buy_dialog_context(organization_id: int) -> dict[str, Any]:
     """What templates/billing/_buy_dialog.html needs (the overview and the credits page use it)."""
     return {
         "packs": list(packs_active()),
         "card": card_on_file(organization_id=organization_id),
         "buy_token": uuid.uuid4().hex,
-        "stripe_js_url": stripe_js_url(),
-        "stripe_key": stripe_publishable_key(),
+        **stripe_js_context(),
     }
 
 

@@ -9,7 +9,8 @@ from django.utils.translation import gettext as _
 from django.views.decorators.http import require_POST
 
 from accounts.views import OrgContext, org_page, render_org
-from billing.services.purchases import card_remove, card_set_default, cards_with_default
+from billing.selectors import cards_with_default
+from billing.services.purchases import card_remove, card_set_default
 from billing.views._common import PAYMENT_METHOD_ID
 from billing.views.buy import buy_dialog_context
 from core.clock import now as clock_now

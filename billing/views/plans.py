@@ -10,17 +10,16 @@ from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import redirect
 from django.urls import reverse
 from django.utils.translation import gettext as _
-from django.utils.translation import gettext_noop
 from django.views.decorators.http import require_POST
 
 from accounts.views import OrgContext, org_page, render_org
 from billing.models import PurchaseKind, PurchaseStatus
-from billing.selectors import plan_upgrade_waiting
+from billing.selectors import plan_upgrade_waiting, purchase_authentication_secret
 from billing.services.provision import subscription_change
-from billing.services.purchases import purchase_authentication_secret, purchase_refresh
+from billing.services.purchases import purchase_refresh
 from billing.services.renewals import subscription_upgrade
 from billing.stripe_gateway import PaymentProviderError, PaymentRequestError
-from billing.views._common import stripe_js_url, stripe_publishable_key
+from billing.views._common import stripe_js_context
 from core.clock import now as clock_now
 from core.errors import DomainError
 from plans.models import Plan
@@ -69,19 +68,10 @@ def plans_page(request: HttpRequest, ctx: OrgContext) -> HttpResponse:
             "bank_confirm": request.GET.get("bank") == "confirm",
             # an upgrade whose payment waits for 3-D Secure: the page runs it with Stripe.js
             "upgrade_waiting": plan_upgrade_waiting(organization_id=ctx.organization.pk),
-            "stripe_js_url": stripe_js_url(),
-            "stripe_key": stripe_publishable_key(),
+            **stripe_js_context(),
         },
         active="plans",
     )
-
-
-# billing.services.renewals' customer-facing sentences about plan changes, marked for translation.
-_PLAN_MESSAGES = (
-    gettext_noop("Add a card before choosing a paid plan."),
-    gettext_noop("A payment for your plan is already in progress."),
-    gettext_noop("This payment does not wait for your bank."),
-)
 
 
 @require_POST

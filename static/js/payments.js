@@ -32,20 +32,37 @@
     return field ? field.value : "";
   }
 
-  // Plan upgrade: fetch the payment's client secret, let the bank challenge the customer, then post
-  // the form, whatever Stripe.js said: the server reads the payment's state from Stripe.
-  function confirmUpgrade(form) {
-    var button = form.querySelector("button[type=submit]");
-    if (button) button.disabled = true;
-    var finish = function () { form.submit(); };
-    fetch(form.getAttribute("data-authenticate-url"), {
-      method: "POST", credentials: "same-origin", headers: { "X-CSRFToken": csrf(form) }
+  // A client secret from one of our JSON endpoints (a SetupIntent's, or a payment's waiting for the
+  // bank); the endpoint's error message otherwise.
+  function fetchClientSecret(url, root) {
+    return fetch(url, {
+      method: "POST", credentials: "same-origin", headers: { "X-CSRFToken": csrf(root) }
     }).then(function (response) {
       return response.json();
     }).then(function (data) {
       if (!data.client_secret) throw new Error(data.error || "");
-      return loadStripe(form).then(function (s) { return s.confirmCardPayment(data.client_secret); });
-    }).then(finish, finish);
+      return data.client_secret;
+    });
+  }
+
+  // 3-D Secure: Stripe.js lets the bank challenge the customer for the payment whose client secret
+  // `secret` is (or promises), then `settle` runs whatever Stripe.js said, even if it did not load:
+  // the server reads the payment's state from Stripe. `opening` runs just before the challenge shows.
+  function confirmWithBank(host, secret, settle, opening) {
+    Promise.resolve(secret).then(function (clientSecret) {
+      return loadStripe(host).then(function (s) {
+        if (opening) opening();
+        return s.confirmCardPayment(clientSecret);
+      });
+    }).then(settle, settle);
+  }
+
+  // Plan upgrade: the payment's client secret, the bank's challenge, then the form's post.
+  function confirmUpgrade(form) {
+    var button = form.querySelector("button[type=submit]");
+    if (button) button.disabled = true;
+    var secret = fetchClientSecret(form.getAttribute("data-authenticate-url"), form);
+    confirmWithBank(form, secret, function () { form.submit(); });
   }
 
   document.querySelectorAll("form[data-confirm-upgrade]").forEach(function (form) {
@@ -95,14 +112,9 @@
     var button = form.querySelector("[data-card-save]");
     if (button) button.disabled = true;
     var done = function () { if (button) button.disabled = false; };
-    fetch(dialog.getAttribute("data-card-setup-url"), {
-      method: "POST", credentials: "same-origin", headers: { "X-CSRFToken": csrf(dialog) }
-    }).then(function (response) {
-      return response.json();
-    }).then(function (data) {
-      if (!data.client_secret) throw new Error(data.error || "");
+    fetchClientSecret(dialog.getAttribute("data-card-setup-url"), dialog).then(function (secret) {
       return loadStripe(dialog).then(function (s) {
-        return s.confirmCardSetup(data.client_secret, { payment_method: { card: cardElement } });
+        return s.confirmCardSetup(secret, { payment_method: { card: cardElement } });
       });
     }).then(function (result) {
       if (result.error) {
@@ -118,6 +130,8 @@
     });
   }
 
+  // A pack bought with the card on file that waits for the bank: the challenge, then the dialog's
+  // body shows the purchase as the server settled it.
   function confirmPayment(box) {
     var secret = box.getAttribute("data-client-secret");
     var url = box.getAttribute("data-settle-url");
@@ -125,15 +139,12 @@
     // Stripe.js shows its challenge over the page: a modal <dialog> would make it inert, so the
     // dialog stays open without being modal meanwhile.
     var modal = dialog.open && dialog.matches(":modal");
-    var settle = function () {
+    confirmWithBank(dialog, secret, function () {
       if (modal) { dialog.close(); dialog.showModal(); }
-      // Whatever Stripe.js says, the server asks Stripe for the payment's state and settles it.
       swapBody(url, {});
-    };
-    loadStripe(dialog).then(function (s) {
+    }, function () {
       if (modal) { dialog.close(); dialog.show(); }
-      return s.confirmCardPayment(secret);
-    }).then(settle, settle);
+    });
   }
 
   function init() {

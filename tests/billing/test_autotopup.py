@@ -13,11 +13,11 @@ from django.test.utils import CaptureQueriesContext
 
 from billing import pricing
 from billing.models import CreditAccount, CreditPurchase, LotCategory
+from billing.selectors import auto_topup_quote
 from billing.services import credits_adjust, credits_grant
 from billing.services.autotopup import (
     auto_topup_configure,
     auto_topup_due,
-    auto_topup_quote,
     auto_topup_run,
     auto_topup_spent_this_month,
 )

@@ -10,12 +10,12 @@ import pytest
 
 from billing import stripe_gateway as gw
 from billing.models import CreditPurchase, StripeCustomer
+from billing.selectors import cards_list
 from billing.services import credits_adjust
 from billing.services.purchases import (
     card_remove,
     card_set_default,
     card_setup_start,
-    cards_list,
     purchase_refund,
     purchase_refund_record,
     purchase_settle,

@@ -7,10 +7,13 @@ Catalogue: the demo one (usd pack rate: credits-1000 = $40.00, i.e. $0.04 per cr
 from __future__ import annotations
 
 import re
+from collections import Counter
 from decimal import Decimal
 
 import pytest
+from django.db import connection
 from django.test import Client
+from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 from django.utils import translation
 
@@ -91,6 +94,27 @@ def test_the_owner_turns_auto_top_up_on_and_the_page_says_what_one_top_up_charge
     ) in policy
     assert "Used or expired credits are not refunded." in policy
     assert "These terms apply to credit packs and to automatic top-ups." in policy
+
+
+@pytest.mark.parametrize("auto_topup", [True, False], ids=["auto top-up on", "auto top-up never set"])
+def test_the_credits_page_runs_no_sql_statement_twice(world, localstripe, auto_topup):
+    # given Olga's organization, with auto top-up on (its currency saved) or never set (the plan's currency)
+    card_on_file(localstripe, world["org"], CARD_SUCCEEDS)
+    client = client_for(world["olga"])
+    if auto_topup:
+        assert save_auto(client, world["org"], **ON).status_code == 302
+    url = reverse("org_credits", kwargs={"org_id": world["org"].pk})
+    client.get(url)  # the per-process caches (catalogue, session) are warm, as on any later visit
+    # when she opens the credits page
+    with CaptureQueriesContext(connection) as queries:
+        response = client.get(url)
+    # then it shows the auto top-up section, and no statement was sent twice
+    assert response.status_code == 200
+    quote = "Minimum 700 credits will be purchased, equivalent to $28.00."
+    assert (quote in text(response)) is auto_topup
+    statements = Counter(query["sql"] for query in queries.captured_queries)
+    assert sum(1 for sql in statements if 'FROM "billing_creditaccount"' in sql) == 1
+    assert {sql: n for sql, n in statements.items() if n > 1} == {}
 
 
 def test_the_owner_turns_auto_top_up_off_and_the_settings_are_kept(world, localstripe):
