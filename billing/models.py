@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from django.conf import settings
 from django.db import models
-from django.db.models import ExpressionWrapper, Q
+from django.db.models import Case, ExpressionWrapper, F, IntegerField, Q, Value, When
 from django.utils.translation import gettext_lazy as _
 
 from accounts.models import Organization
@@ -139,6 +139,17 @@ class CreditLot(models.Model):
 
     def __str__(self) -> str:
         return f"Lot #{self.pk}: {self.remaining}/{self.granted} ({self.category})"
+
+
+# The draw order of ARCHITECTURE.md: priority, soonest expiry, promotional before paid, oldest, id
+# (billing.services.book sorts loaded lots by the same key in Python).
+DRAW_ORDER = (
+    "priority",
+    F("expires_at").asc(nulls_last=True),
+    Case(When(category=LotCategory.PROMOTIONAL, then=Value(0)), default=Value(1), output_field=IntegerField()),
+    "created_at",
+    "id",
+)
 
 
 class EntryKind(models.TextChoices):

@@ -8,6 +8,7 @@ from django.db.models import QuerySet
 
 from billing import stripe_gateway as gateway
 from billing.models import (
+    DRAW_ORDER,
     PLAN_KINDS,
     CreditAccount,
     CreditLot,
@@ -19,7 +20,6 @@ from billing.models import (
     StripeCustomer,
 )
 from billing.pricing import format_money, pack_rate_pack, price_at_pack_rate
-from billing.services.book import DRAW_ORDER
 from core.errors import Conflict, NotFound
 from core.money import ZERO, format_decimal
 from plans.selectors import subscription_for

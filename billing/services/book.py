@@ -16,7 +16,6 @@ from decimal import Decimal
 from typing import Any
 
 from django.db import connection
-from django.db.models import Case, F, IntegerField, Value, When
 
 from billing.models import CreditAccount, CreditLot, EntryKind, LotCategory
 from core.money import ZERO
@@ -33,15 +32,6 @@ from core.sql import (
     insert_rows,
 )
 from plans.periods import month_start
-
-# The draw order of ARCHITECTURE.md: priority, soonest expiry, promotional before paid, oldest, id.
-DRAW_ORDER = (
-    "priority",
-    F("expires_at").asc(nulls_last=True),
-    Case(When(category=LotCategory.PROMOTIONAL, then=Value(0)), default=Value(1), output_field=IntegerField()),
-    "created_at",
-    "id",
-)
 
 
 @dataclass(slots=True)
