@@ -7,8 +7,9 @@ maps them: tests/accounts/test_notifications.py fails when a kind has no categor
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Final, NamedTuple
 
 from django.utils.translation import gettext_lazy as _
 
@@ -98,3 +99,17 @@ def receives(*, role: str, category: str, choice: bool | None) -> bool:
     if category_locked(role, category):
         return True
     return category_default(role, category) if choice is None else choice
+
+
+class Recipient(NamedTuple):
+    email: str
+    language: str  # theirs when they chose one we offer, else the site's (settings.LANGUAGE_CODE)
+
+
+def emails_by_language(recipients: Iterable[Recipient]) -> dict[str, list[str]]:
+    """The addresses to write to in each language (one email per language, each in its readers' language),
+    languages in the order of their first recipient."""
+    grouped: dict[str, list[str]] = {}
+    for recipient in recipients:
+        grouped.setdefault(recipient.language, []).append(recipient.email)
+    return grouped

@@ -2,10 +2,12 @@ from __future__ import annotations
 
 from collections.abc import Collection
 
+from django.conf import settings
 from django.db.models import FilteredRelation, Q
+from django.utils import translation
 
 from accounts.models import ApiKey, Membership, NotificationCategory, Organization, ServiceToken
-from accounts.notifications import MANAGER_ROLES, categories_offered, category_locked, receives
+from accounts.notifications import MANAGER_ROLES, Recipient, categories_offered, category_locked, receives
 
 
 def api_key_by_secret_hash(key_hash: str) -> ApiKey | None:
@@ -50,11 +52,21 @@ def notification_choices(*, membership: Membership) -> dict[NotificationCategory
 def notification_recipients(
     *, organization_ids: Collection[int], categories: Collection[str]
 ) -> dict[tuple[int, str], list[str]]:
-    """Who gets emails of each category in each organization: {(organization id, category): emails}.
+    """Who gets emails of each category in each organization: {(organization id, category): emails}
+    (notification_recipients_with_language, without the languages)."""
+    found = notification_recipients_with_language(organization_ids=organization_ids, categories=categories)
+    return {key: [person.email for person in people] for key, people in found.items()}
+
+
+def notification_recipients_with_language(
+    *, organization_ids: Collection[int], categories: Collection[str]
+) -> dict[tuple[int, str], list[Recipient]]:
+    """Who gets emails of each category in each organization, and in which language:
+    {(organization id, category): [(email, language)]}.
 
     One query for any number of organizations and categories (the senders call it once per batch):
     active people who manage the organization, plus members who saved an opt-in; each person's role,
-    default and saved choice then decide (accounts/notifications.py). Emails in membership order.
+    default and saved choice then decide (accounts/notifications.py). People in membership order.
     """
     wanted = set(categories)
     if not wanted or not organization_ids:
@@ -68,16 +80,27 @@ def notification_recipients(
         .filter(organization_id__in=set(organization_ids), user__is_active=True)
         .filter(Q(role__in=list(MANAGER_ROLES)) | Q(pref__enabled=True))
         .order_by("id", "pref__category")
-        .values_list("id", "organization_id", "user__email", "role", "pref__category", "pref__enabled")
+        .values_list(
+            "id", "organization_id", "user__email", "user__language", "role", "pref__category", "pref__enabled"
+        )
     )
-    people: dict[int, tuple[int, str, str, dict[str, bool]]] = {}
-    for membership_id, org_id, email, role, category, enabled in rows:
-        person = people.setdefault(membership_id, (org_id, email, role, {}))
+    people: dict[int, tuple[int, Recipient, str, dict[str, bool]]] = {}
+    for membership_id, org_id, email, language, role, category, enabled in rows:
+        person = people.setdefault(membership_id, (org_id, Recipient(email, _email_language(language)), role, {}))
         if category is not None:
             person[3][category] = enabled
-    recipients: dict[tuple[int, str], list[str]] = {}
-    for org_id, email, role, saved in people.values():
+    recipients: dict[tuple[int, str], list[Recipient]] = {}
+    for org_id, recipient, role, saved in people.values():
         for category in wanted:
             if receives(role=role, category=category, choice=saved.get(category)):
-                recipients.setdefault((org_id, category), []).append(email)
+                recipients.setdefault((org_id, category), []).append(recipient)
     return recipients
+
+
+def _email_language(saved: str) -> str:
+    if saved:
+        try:
+            return translation.get_supported_language_variant(saved)
+        except LookupError:  # a language no longer offered
+            pass
+    return settings.LANGUAGE_CODE

@@ -357,8 +357,11 @@ class BillingNotice(models.Model):
     organization = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="billing_notices")
     kind = models.CharField(max_length=32, choices=BillingNoticeKind.choices)
     dedupe_key = models.CharField(max_length=120)
+    # In the site's language: what the admin reads, and the email of a row without `params`.
     subject = models.CharField(max_length=200)
     body = models.TextField()
+    # What the kind's message says (billing/emails.py), written in each reader's language when sent.
+    params = models.JSONField(default=dict, blank=True)
     purchase = models.ForeignKey(
         CreditPurchase, null=True, blank=True, on_delete=models.SET_NULL, related_name="notices"
     )

@@ -27,6 +27,7 @@ from django.db import IntegrityError, transaction
 from django.db.models import Exists, F, OuterRef, Q, Sum
 
 from billing import pricing
+from billing.emails import card_params
 from billing.models import (
     BillingNoticeKind,
     CreditAccount,
@@ -269,19 +270,18 @@ def auto_topup_outcome_record(*, purchase: CreditPurchase, now: datetime) -> Non
         account = _account_locked(purchase.organization_id, now)
         if purchase.status == PurchaseStatus.SUCCEEDED:
             CreditAccount.objects.filter(pk=account.pk).update(auto_topup_failures=0)
-            money = f"{pricing.format_money(purchase.amount, purchase.currency)} {purchase.currency.upper()}"
             billing_notice_add(
                 organization_id=purchase.organization_id,
                 kind=BillingNoticeKind.TOPUP_SUCCEEDED,
                 dedupe_key=f"purchase:{purchase.pk}:succeeded",
-                subject=f"Auto top-up: {format_decimal(purchase.credits)} credits for {money}",
-                body=(
-                    f"Your balance fell below {format_decimal(account.auto_topup_min_balance)} credits, so we bought "
-                    f"{format_decimal(purchase.credits)} credits for {money} with your {purchase.card_words}.\n\n"
-                    f"Monthly limit for automatic top-ups: "
-                    f"{pricing.format_money(account.auto_topup_monthly_cap_amount or 0, purchase.currency)} "
-                    f"{purchase.currency.upper()}. You can turn automatic top-up off on the Credits page."
-                ),
+                params={
+                    "credits": format_decimal(purchase.credits),
+                    "amount": purchase.amount,
+                    "currency": purchase.currency,
+                    "min_balance": format_decimal(account.auto_topup_min_balance),
+                    "cap_amount": account.auto_topup_monthly_cap_amount or 0,
+                    **card_params(purchase),
+                },
                 now=now,
                 purchase=purchase,
             )
@@ -300,12 +300,7 @@ def _failed(account: CreditAccount, now: datetime, *, reason: str, purchase: Cre
         organization_id=org_id,
         kind=BillingNoticeKind.TOPUP_FAILED,
         dedupe_key=f"{key}:failed",
-        subject="Auto top-up failed",
-        body=(
-            f"We could not top up your credits: {reason}\n\n"
-            f"This is failure {failures} of {AUTO_TOPUP_MAX_FAILURES} in a row; after "
-            f"{AUTO_TOPUP_MAX_FAILURES}, automatic top-up turns itself off. Check your card on the Credits page."
-        ),
+        params={"reason": reason, "failures": failures, "max_failures": AUTO_TOPUP_MAX_FAILURES},
         now=now,
         purchase=purchase,
     )
@@ -315,11 +310,7 @@ def _failed(account: CreditAccount, now: datetime, *, reason: str, purchase: Cre
             organization_id=org_id,
             kind=BillingNoticeKind.TOPUP_DISABLED,
             dedupe_key=f"{key}:disabled",
-            subject="Auto top-up is turned off",
-            body=(
-                f"Automatic top-up failed {failures} times in a row, so we turned it off. No more charges will be "
-                "tried. Update your card, then turn automatic top-up on again on the Credits page."
-            ),
+            params={"failures": failures},
             now=now,
             purchase=purchase,
         )

@@ -1,18 +1,23 @@
 """Emails about money to the people who manage an organization's billing (owners, and admins who want them).
 
 `billing_notice_add` writes a BillingNotice in the caller's transaction (the outbox);
-`billing_notices_send` (a Celery beat task) emails the unsent ones, each once.
+`billing_notices_send` (a Celery beat task) emails the unsent ones, each once, in each reader's language.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import datetime
+from typing import Any
 
+from django.conf import settings
 from django.core.mail import send_mail
 from django.db import transaction
+from django.utils import translation
 
-from accounts.notifications import category_for_kind
-from accounts.selectors import notification_recipients
+from accounts.notifications import category_for_kind, emails_by_language
+from accounts.selectors import notification_recipients_with_language
+from billing.emails import billing_notice_text
 from billing.models import BillingNotice, CreditPurchase
 
 
@@ -21,13 +26,22 @@ def billing_notice_add(
     organization_id: int,
     kind: str,
     dedupe_key: str,
-    subject: str,
-    body: str,
     now: datetime,
+    params: Mapping[str, Any] | None = None,
+    subject: str = "",
+    body: str = "",
     purchase: CreditPurchase | None = None,
 ) -> None:
     """Queue an email (a second one with the same dedupe key is dropped). Call inside the transaction
-    that records what it tells."""
+    that records what it tells.
+
+    With `params` (JSON values, as billing.emails.billing_notice_text reads them for the kind), the
+    email is written in each reader's language when sent, and its text is stored in the site's
+    language for the admin; without, `subject` and `body` are sent as they are.
+    """
+    if params is not None:
+        with translation.override(settings.LANGUAGE_CODE):
+            subject, body = billing_notice_text(kind=kind, params=params)
     BillingNotice.objects.bulk_create(
         [
             BillingNotice(
@@ -36,6 +50,7 @@ def billing_notice_add(
                 dedupe_key=dedupe_key[:120],
                 subject=subject[:200],
                 body=body,
+                params=dict(params or {}),
                 purchase=purchase,
                 created_at=now,
             )
@@ -46,9 +61,10 @@ def billing_notice_add(
 
 def billing_notices_send(*, now: datetime, limit: int = 200) -> int:
     """Email each unsent notice once, to the people who get its category (owners always get payment
-    emails; admins unless they opted out); returns how many were emailed. Rows are claimed with SKIP
-    LOCKED and stamped in the same transaction, so two workers never send the same one, and a crash
-    before commit leaves it for the next run."""
+    emails; admins unless they opted out), one email per language among them, each in its readers'
+    language (a row without params goes once, as stored); returns how many notices were emailed.
+    Rows are claimed with SKIP LOCKED and stamped in the same transaction, so two workers never send
+    the same one, and a crash before commit leaves it for the next run."""
     sent = 0
     with transaction.atomic():
         notices = list(
@@ -58,15 +74,22 @@ def billing_notices_send(*, now: datetime, limit: int = 200) -> int:
         )
         if not notices:
             return 0
-        recipients = notification_recipients(
+        recipients = notification_recipients_with_language(
             organization_ids={n.organization_id for n in notices},
             categories={category_for_kind(n.kind) for n in notices},
         )
         for notice in notices:
-            to = recipients.get((notice.organization_id, category_for_kind(notice.kind)), [])
-            if to:
-                send_mail(notice.subject, notice.body, None, to, fail_silently=False)
-                sent += 1
             notice.sent_at = now
+            people = recipients.get((notice.organization_id, category_for_kind(notice.kind)), [])
+            if not people:
+                continue
+            if notice.params:
+                for language, to in emails_by_language(people).items():
+                    with translation.override(language):
+                        subject, body = billing_notice_text(kind=notice.kind, params=notice.params)
+                    send_mail(subject, body, None, to, fail_silently=False)
+            else:  # fixed text (or a row from before notices had params): once, as stored
+                send_mail(notice.subject, notice.body, None, [p.email for p in people], fail_silently=False)
+            sent += 1
         BillingNotice.objects.bulk_update(notices, ["sent_at"])
     return sent

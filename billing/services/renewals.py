@@ -28,7 +28,7 @@ from datetime import datetime, timedelta
 
 from django.db import IntegrityError, transaction
 
-from billing import pricing
+from billing.emails import card_params
 from billing.models import (
     BillingNoticeKind,
     CreditPurchase,
@@ -65,10 +65,6 @@ class Renewal:
 
     reason: str
     purchase: CreditPurchase | None = None
-
-
-def _money(amount: int, currency: str) -> str:
-    return f"{pricing.format_money(amount, currency)} {currency.upper()}"
 
 
 def _locked_subscription(organization_id: int, now: datetime) -> Subscription | None:
@@ -282,12 +278,14 @@ def plan_payment_outcome_record(*, purchase: CreditPurchase, now: datetime) -> N
                 organization_id=purchase.organization_id,
                 kind=BillingNoticeKind.RENEWAL_SUCCEEDED,
                 dedupe_key=f"purchase:{purchase.pk}:succeeded",
-                subject=f"Your {purchase.plan.name} plan is renewed",
-                body=(
-                    f"We charged {_money(purchase.amount, purchase.currency)} to your {purchase.card_words} "
-                    f"for your {purchase.plan.name} plan, from {purchase.period_start:%Y-%m-%d} to "
-                    f"{end:%Y-%m-%d} (UTC)."
-                ),
+                params={
+                    "plan": purchase.plan.name,
+                    "amount": purchase.amount,
+                    "currency": purchase.currency,
+                    **card_params(purchase),
+                    "start": purchase.period_start.isoformat(),
+                    "end": end.isoformat(),
+                },
                 now=now,
                 purchase=purchase,
             )
@@ -320,12 +318,14 @@ def _upgraded(subscription: Subscription, purchase: CreditPurchase, now: datetim
         organization_id=purchase.organization_id,
         kind=BillingNoticeKind.PLAN_STARTED,
         dedupe_key=f"purchase:{purchase.pk}:succeeded",
-        subject=f"Welcome to the {plan.name} plan",
-        body=(
-            f"We charged {_money(purchase.amount, purchase.currency)} to your {purchase.card_words}. Your "
-            f"{plan.name} plan runs from {now:%Y-%m-%d} to {subscription.paid_through:%Y-%m-%d} (UTC), and renews "
-            "then with the card on file."
-        ),
+        params={
+            "plan": plan.name,
+            "amount": purchase.amount,
+            "currency": purchase.currency,
+            **card_params(purchase),
+            "start": now.isoformat(),
+            "end": subscription.paid_through.isoformat(),
+        },
         now=now,
         purchase=purchase,
     )
@@ -360,33 +360,31 @@ def _renewal_failed(
             organization_id=org_id,
             kind=BillingNoticeKind.PLAN_DOWNGRADED,
             dedupe_key=f"{key}:downgraded",
-            subject=f"Your {plan.name} plan has ended",
-            body=(
-                f"We could not renew your {plan.name} plan after {failures} attempts ({reason}). You are now on the "
-                f"{fallback.name} plan. Your credits are kept. Choose a paid plan again at any time."
-            ),
+            params={"plan": plan.name, "failures": failures, "reason": reason, "fallback": fallback.name},
             now=now,
             purchase=purchase,
         )
         return
     subscription.status = SubscriptionStatus.PAST_DUE
     subscription.save(update_fields=["renewal_failures", "past_due_since", "status", "updated_at"])
+    retry_at = None  # none left: the email asks for a new card
     if failures < RENEWAL_MAX_ATTEMPTS:
         retry = subscription.past_due_since + RENEWAL_RETRY_AFTER[min(failures, len(RENEWAL_RETRY_AFTER)) - 1]
-        next_step = f"We will try again on {retry:%Y-%m-%d %H:%M} UTC."
+        retry_at = retry.isoformat()
     else:
         logger.error("subscription %s: no free default plan to fall back to", subscription.pk)
-        next_step = "Update your card to keep your plan."
     billing_notice_add(
         organization_id=org_id,
         kind=BillingNoticeKind.RENEWAL_FAILED,
         dedupe_key=f"{key}:failed",
-        subject=f"We could not renew your {plan.name} plan",
-        body=(
-            f"The renewal of your {plan.name} plan ({_money(plan.price_amount, plan.currency)}) failed: {reason} "
-            f"{next_step} After {RENEWAL_MAX_ATTEMPTS} failed attempts you move to the free plan. "
-            "Update your card on the Billing page."
-        ),
+        params={
+            "plan": plan.name,
+            "amount": plan.price_amount,
+            "currency": plan.currency,
+            "reason": reason,
+            "retry_at": retry_at,
+            "max_attempts": RENEWAL_MAX_ATTEMPTS,
+        },
         now=now,
         purchase=purchase,
     )

@@ -14,8 +14,16 @@ from django.urls import reverse
 from django.utils import translation
 
 from accounts.models import Membership, NotificationCategory, NotificationPreference, Organization, Role, User
-from accounts.notifications import CATEGORY_BY_KIND, categories_offered, category_for_kind, category_locked, receives
-from accounts.selectors import notification_choices, notification_recipients
+from accounts.notifications import (
+    CATEGORY_BY_KIND,
+    Recipient,
+    categories_offered,
+    category_for_kind,
+    category_locked,
+    emails_by_language,
+    receives,
+)
+from accounts.selectors import notification_choices, notification_recipients, notification_recipients_with_language
 from accounts.services import notification_preferences_set, organization_create
 from billing.models import BillingNoticeKind
 from core.errors import DomainError
@@ -226,6 +234,38 @@ def test_recipients_take_one_query_for_any_number_of_organizations_and_categorie
     assert len(queries.captured_queries) == 1
     assert len(recipients[(orgs[3], "usage_alerts")]) == 2  # the owner and the member who opted in
     assert recipients[(orgs[3], "receipts")] == ["owner2@example.com"]
+
+
+def test_recipients_come_with_the_language_to_write_to_them_in(team, settings):
+    org = team["org"].pk
+    # Olga chose Japanese, Ada English; Mia (opted in) chose nothing, and a fourth person a language not offered
+    User.objects.filter(pk=team["olga"].pk).update(language="ja")
+    User.objects.filter(pk=team["ada"].pk).update(language="en")
+    notification_preferences_set(membership=team["mia_m"], choices={"allowance_resets": True}, now=T0)
+    zoe = UserFactory(email="zoe@example.com", language="fr")
+    Membership.objects.create(organization=team["org"], user=zoe, role=Role.ADMIN)
+
+    with CaptureQueriesContext(connection) as queries:
+        recipients = notification_recipients_with_language(organization_ids=[org], categories=["allowance_resets"])
+
+    # Then without a language we offer, a person gets the site's (settings.LANGUAGE_CODE)
+    assert len(queries.captured_queries) == 1
+    assert recipients == {
+        (org, "allowance_resets"): [
+            Recipient("olga@example.com", "ja"),
+            Recipient("ada@example.com", "en"),
+            Recipient("mia@example.com", "en"),
+            Recipient("zoe@example.com", "en"),
+        ]
+    }
+    assert emails_by_language(recipients[(org, "allowance_resets")]) == {
+        "ja": ["olga@example.com"],
+        "en": ["ada@example.com", "mia@example.com", "zoe@example.com"],
+    }
+    # and when the site's language is Japanese, those two get Japanese
+    settings.LANGUAGE_CODE = "ja"
+    again = notification_recipients_with_language(organization_ids=[org], categories=["allowance_resets"])
+    assert [r.language for r in again[(org, "allowance_resets")]] == ["ja", "en", "ja", "ja"]
 
 
 # The page ----------------------------------------------------------------------------------------------

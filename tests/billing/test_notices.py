@@ -3,13 +3,17 @@ preferences): owners always get payment emails, admins unless they opted out, me
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from django.core import mail
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
+from django.utils import translation
 
 from accounts.models import Membership, Role, User
 from accounts.services import notification_preferences_set, organization_create
+from billing.emails import billing_notice_text
 from billing.models import BillingNotice, BillingNoticeKind
 from billing.services.notices import billing_notice_add, billing_notices_send
 from tests.factories import T0
@@ -99,3 +103,193 @@ def test_sending_runs_the_same_queries_for_one_notice_or_many():
     # one email per notice: to the owner alone where the admin opted out (auto top-up in the first
     # organization, renewals in the others), else to both
     assert sorted(len(m.to) for m in mail.outbox) == [1] * 5 + [2] * (5 * len(K.values) - 5)
+
+
+# Languages: each email in its readers' language -------------------------------------------------------
+
+PARAMS: dict[str, dict[str, Any]] = {
+    K.TOPUP_SUCCEEDED: {
+        "credits": "1625.5",
+        "amount": 16255,
+        "currency": "usd",
+        "min_balance": "50",
+        "cap_amount": 50000,
+        "card_brand": "visa",
+        "card_last4": "4242",
+    },
+    K.TOPUP_FAILED: {"reason": "Your card has insufficient funds.", "failures": 2, "max_failures": 3},
+    K.TOPUP_DISABLED: {"failures": 3},
+    K.PLAN_STARTED: {
+        "plan": "Pro",
+        "amount": 6000,
+        "currency": "jpy",
+        "card_brand": "",
+        "card_last4": "",
+        "start": "2026-01-15T12:00:00+00:00",
+        "end": "2026-02-15T12:00:00+00:00",
+    },
+    K.RENEWAL_SUCCEEDED: {
+        "plan": "Pro",
+        "amount": 2800,
+        "currency": "usd",
+        "card_brand": "",
+        "card_last4": "4242",
+        "start": "2026-02-15T12:00:00+00:00",
+        "end": "2026-03-14T23:30:00-01:00",  # stored with an offset: written in UTC
+    },
+    K.RENEWAL_FAILED: {
+        "plan": "Pro",
+        "amount": 2800,
+        "currency": "usd",
+        "reason": "Your card was declined.",
+        "retry_at": "2026-02-16T12:00:00+00:00",
+        "max_attempts": 3,
+    },
+    K.PLAN_DOWNGRADED: {"plan": "Pro", "failures": 3, "reason": "Your card was declined.", "fallback": "Free"},
+}
+
+
+def add_with_params(org, kinds, *, tag: str = "p") -> None:
+    for i, kind in enumerate(kinds):
+        billing_notice_add(organization_id=org.pk, kind=kind, dedupe_key=f"{tag}:{i}", params=PARAMS[kind], now=T0)
+
+
+def speakers(**languages: str) -> None:
+    for name, language in languages.items():
+        User.objects.filter(email=f"{name}@example.com").update(language=language)
+
+
+def test_a_billing_email_goes_to_each_reader_in_their_language_and_is_stored_in_the_sites():
+    org, _ = team()
+    # Given the owner reads Japanese and the admin English, and a renewal failed during a Japanese request
+    speakers(olga="ja", ada="en")
+    with translation.override("ja"):
+        add_with_params(org, [K.RENEWAL_FAILED])
+    # Then the notice is stored in the site's language, for the admin pages
+    notice = BillingNotice.objects.get(organization=org)
+    assert notice.subject == "We could not renew your Pro plan"
+    # When it is sent
+    assert billing_notices_send(now=T0) == 1
+    # Then the owner gets it in Japanese and the admin in English
+    ja, en = mail.outbox
+    assert (ja.to, ja.subject) == (["olga@example.com"], "Pro プランを更新できませんでした")
+    assert ja.body == (
+        "Pro プラン（$28.00）の更新に失敗しました: カードが拒否されました。"
+        "2026年2月16日 12:00 UTC にもう一度請求を試みます。"
+        "3 回失敗すると無料プランに移ります。「お支払い方法」ページでカードを更新してください。"
+    )
+    assert (en.to, en.subject) == (["ada@example.com"], "We could not renew your Pro plan")
+    assert (
+        en.body
+        == notice.body
+        == (
+            "The renewal of your Pro plan (28.00 USD) failed: Your card was declined. "
+            "We will try again on 2026-02-16 12:00 UTC. After 3 failed attempts you move to the free plan. "
+            "Update your card on the Billing page."
+        )
+    )
+
+
+def test_every_kind_of_billing_email_reads_in_english_and_in_japanese():
+    org, people = team()
+    Membership.objects.filter(pk=people["mia"].pk).delete()
+    speakers(olga="ja")  # Ada chose no language: the site's, English
+    add_with_params(org, K.values)
+
+    assert billing_notices_send(now=T0) == len(K.values)
+
+    ja = {m.subject: m.body for m in mail.outbox if m.to == ["olga@example.com"]}
+    en = {m.subject: m.body for m in mail.outbox if m.to == ["ada@example.com"]}
+    assert en == {
+        "Auto top-up: 1,625.5 credits for 162.55 USD": (
+            "Your balance fell below 50 credits, so we bought 1,625.5 credits for 162.55 USD with your visa ending "
+            "in 4242.\n\nMonthly limit for automatic top-ups: 500.00 USD. You can turn automatic top-up off on the "
+            "Credits page."
+        ),
+        "Auto top-up failed": (
+            "We could not top up your credits: Your card has insufficient funds.\n\nThis is failure 2 of 3 in a row; "
+            "after 3, automatic top-up turns itself off. Check your card on the Credits page."
+        ),
+        "Auto top-up is turned off": (
+            "Automatic top-up failed 3 times in a row, so we turned it off. No more charges will be tried. Update "
+            "your card, then turn automatic top-up on again on the Credits page."
+        ),
+        "Welcome to the Pro plan": (
+            "We charged 6000 JPY to your card on file. Your Pro plan runs from 2026-01-15 to 2026-02-15 (UTC), and "
+            "renews then with the card on file."
+        ),
+        "Your Pro plan is renewed": (
+            "We charged 28.00 USD to your card ending in 4242 for your Pro plan, from 2026-02-15 to 2026-03-15 (UTC)."
+        ),
+        "We could not renew your Pro plan": (
+            "The renewal of your Pro plan (28.00 USD) failed: Your card was declined. We will try again on "
+            "2026-02-16 12:00 UTC. After 3 failed attempts you move to the free plan. Update your card on the "
+            "Billing page."
+        ),
+        "Your Pro plan has ended": (
+            "We could not renew your Pro plan after 3 attempts (Your card was declined.). You are now on the Free "
+            "plan. Your credits are kept. Choose a paid plan again at any time."
+        ),
+    }
+    assert ja == {
+        "自動チャージ: 1,625.5 クレジットを $162.55 で購入しました": (
+            "クレジット残高が 50 クレジットを下回ったため、visa（末尾 4242）で 1,625.5 クレジットを $162.55 で"
+            "購入しました。\n\n自動チャージの月間上限: $500.00。自動チャージは「クレジット」ページでオフにできます。"
+        ),
+        "自動チャージに失敗しました": (
+            "クレジットを自動チャージできませんでした: カードの残高（利用可能枠）が不足しています。\n\n"
+            "連続 2 回目の失敗です。3 回続けて失敗すると、自動チャージは自動的にオフになります。"
+            "「クレジット」ページでカードを確認してください。"
+        ),
+        "自動チャージがオフになりました": (
+            "自動チャージが 3 回続けて失敗したため、オフにしました。今後は請求を試みません。"
+            "カードを更新してから、「クレジット」ページで自動チャージをもう一度オンにしてください。"
+        ),
+        "Pro プランへようこそ": (
+            "登録済みのカードに 6,000円 を請求しました。Pro プランの期間は 2026年1月15日 から 2026年2月15日（UTC）"
+            "までで、その時点で登録済みのカードにより更新されます。"
+        ),
+        "Pro プランを更新しました": (
+            "Pro プランの 2026年2月15日 から 2026年3月15日（UTC）までの料金として、カード（末尾 4242）に $28.00 を"
+            "請求しました。"
+        ),
+        "Pro プランを更新できませんでした": (
+            "Pro プラン（$28.00）の更新に失敗しました: カードが拒否されました。"
+            "2026年2月16日 12:00 UTC にもう一度請求を試みます。"
+            "3 回失敗すると無料プランに移ります。「お支払い方法」ページでカードを更新してください。"
+        ),
+        "Pro プランが終了しました": (
+            "3 回試みましたが、Pro プランを更新できませんでした（カードが拒否されました。）。現在は Free プランです。"
+            "クレジットはそのまま残ります。有料プランはいつでも選び直せます。"
+        ),
+    }
+
+
+def test_a_notice_with_fixed_text_goes_once_as_stored_whatever_the_languages():
+    org, _ = team()
+    speakers(olga="ja", ada="en")
+    # a row from before notices had params
+    BillingNotice.objects.create(
+        organization=org, kind=K.TOPUP_FAILED, dedupe_key="old", subject="Auto top-up failed", body="b", created_at=T0
+    )
+
+    assert billing_notices_send(now=T0) == 1
+
+    assert [(m.to, m.subject, m.body) for m in mail.outbox] == [
+        (["olga@example.com", "ada@example.com"], "Auto top-up failed", "b")
+    ]
+
+
+def test_a_failed_renewal_with_no_attempt_left_asks_for_a_new_card():
+    params = {**PARAMS[K.RENEWAL_FAILED], "retry_at": None}
+
+    assert billing_notice_text(kind=K.RENEWAL_FAILED, params=params)[1] == (
+        "The renewal of your Pro plan (28.00 USD) failed: Your card was declined. Update your card to keep your plan. "
+        "After 3 failed attempts you move to the free plan. Update your card on the Billing page."
+    )
+    with translation.override("ja"):
+        assert billing_notice_text(kind=K.RENEWAL_FAILED, params=params)[1] == (
+            "Pro プラン（$28.00）の更新に失敗しました: カードが拒否されました。"
+            "プランを続けるには、カードを更新してください。"
+            "3 回失敗すると無料プランに移ります。「お支払い方法」ページでカードを更新してください。"
+        )

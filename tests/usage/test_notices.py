@@ -24,6 +24,7 @@ from usage.services import (
     reservation_release,
     windows_close_finished,
 )
+from usage.services.notices import notice_text
 
 pytestmark = pytest.mark.django_db
 
@@ -48,7 +49,15 @@ def threshold(allowance, pct, *, start=T0, window="billing period", limit="10", 
     return (
         "window_threshold",
         f"{allowance.pk}:{start.isoformat()}:{pct}",
-        {"percent": pct, "meter_id": allowance.meter_id, "window": window, "limit": limit, "resets_at": resets_at},
+        {
+            "percent": pct,
+            "meter_id": allowance.meter_id,
+            "window": window,
+            "window_kind": allowance.window_kind,
+            "window_seconds": allowance.window_seconds,
+            "limit": limit,
+            "resets_at": resets_at,
+        },
     )
 
 
@@ -181,6 +190,8 @@ def test_windows_close_finished_creates_allowance_reset_notices_once():
             f"{allowance.pk}:{T0.isoformat()}",
             {
                 "window": "5 hours",
+                "window_kind": "rolling",
+                "window_seconds": 5 * 3600,
                 "meter": "Local tasks",
                 "limit": "5",
                 "used": "2",
@@ -343,7 +354,7 @@ def test_a_notice_whose_category_nobody_wants_is_marked_sent_without_email(setti
     assert list(Notice.objects.filter(organization=org).values_list("sent_at", flat=True)) == [T0 + H]
 
 
-PAYLOADS = {
+PAYLOADS: dict[str, dict[str, object]] = {
     NoticeKind.WINDOW_THRESHOLD: {
         "percent": 50,
         "meter": "Tasks",
@@ -389,6 +400,124 @@ def test_sending_runs_the_same_queries_for_one_notice_or_many(settings):
     assert sorted(len(m.to) for m in mail.outbox) == [1] * 2 + [2] * 13 + [3] * 5
 
 
+# Languages: each email in its readers' language -------------------------------------------------------
+
+
+def speakers(org, **languages: str) -> None:
+    for name, language in languages.items():
+        User.objects.filter(memberships__organization=org, email__startswith=name).update(language=language)
+
+
+def test_a_notice_goes_to_each_reader_in_their_language(settings):
+    settings.EMAIL_BACKEND = "django.core.mail.backends.locmem.EmailBackend"
+    org, _, _, mia = team_org()
+    # Given the owner reads Japanese, the admin English, and the member (opted in) chose no language
+    speakers(org, olga="ja", ada="en")
+    notification_preferences_set(membership=mia, choices={"usage_alerts": True}, now=T0)
+    payload = {**PAYLOADS[NoticeKind.WINDOW_THRESHOLD], "percent": 80, "limit": "12000"}
+    Notice.objects.create(
+        organization=org, kind=NoticeKind.WINDOW_THRESHOLD, dedupe_key="n", payload=payload, created_at=T0
+    )
+    # When the notice is sent
+    assert notices_send_pending(now=T0) == 1
+    # Then the owner gets it in Japanese, and the admin and the member in the site's language, English
+    link = f"{settings.PUBLIC_BASE_URL}/orgs/{org.pk}/"
+    ja, en = mail.outbox
+    assert (ja.to, ja.subject) == (["olga@example.com"], "Tasks の利用枠（5時間）の 80% を使用しました")
+    assert ja.body == (
+        "組織は Tasks の利用枠（5時間、上限 12,000）の 80% を使用しました。"
+        "2026年2月15日 12:00 UTC にリセットされます。\n\n"
+        f"利用枠を超えた分はクレジットで支払われます。利用状況はこちら: {link}"
+    )
+    assert (en.to, en.subject) == (
+        ["ada@example.com", "mia@example.com"],
+        "You have used 80% of your 5 hours allowance for Tasks",
+    )
+    assert en.body == (
+        "Your organization has used 80% of its 5 hours allowance for Tasks (limit 12,000)."
+        " It resets at 2026-02-15 12:00 UTC.\n\n"
+        f"Past the allowance, usage is paid with credits. See your usage: {link}"
+    )
+    assert list(Notice.objects.filter(organization=org).values_list("sent_at", flat=True)) == [T0]
+
+
+def test_every_kind_of_notice_reads_in_japanese(settings):
+    settings.EMAIL_BACKEND = "django.core.mail.backends.locmem.EmailBackend"
+    org, _, _, _ = team_org()
+    Membership.objects.filter(organization=org).exclude(role=Role.OWNER).delete()
+    speakers(org, olga="ja")
+    pending(org, list(PAYLOADS), tag="k")
+    reset = {**PAYLOADS[NoticeKind.ALLOWANCE_RESET], "window": "billing period", "limit": "1500.5"}
+    Notice.objects.create(
+        organization=org, kind=NoticeKind.ALLOWANCE_RESET, dedupe_key="p", payload=reset, created_at=T0
+    )
+
+    assert notices_send_pending(now=T0) == 5
+
+    credits = f"{settings.PUBLIC_BASE_URL}/orgs/{org.pk}/credits/"
+    assert mail.outbox[0].subject == "Tasks の利用枠（5時間）の 50% を使用しました"
+    assert [(m.subject, m.body) for m in mail.outbox[1:]] == [
+        (
+            "Tasks の利用枠（5時間）がリセットされました",
+            "Tasks の利用枠（5時間）が 2026年2月15日 12:00 UTC にリセットされ、4 を再び使えるようになりました。"
+            f"\n\n{settings.PUBLIC_BASE_URL}/orgs/{org.pk}/",
+        ),
+        (
+            "クレジット残高が少なくなっています（5 クレジット）",
+            "クレジット残高が 20 クレジットを下回りました。"
+            f"クレジットを購入するか、自動チャージをオンにしてください: {credits}",
+        ),
+        (
+            "クレジット残高がなくなりました",
+            "クレジット残高が 0 になりました。"
+            f"クレジットを購入するまで、プランの利用枠を超える利用はできません: {credits}",
+        ),
+        (
+            "Tasks の利用枠（請求期間）がリセットされました",
+            "Tasks の利用枠（請求期間）が 2026年2月15日 12:00 UTC にリセットされ、"
+            "1,500.5 を再び使えるようになりました。"
+            f"\n\n{settings.PUBLIC_BASE_URL}/orgs/{org.pk}/",
+        ),
+    ]
+
+
+def test_window_names_stored_in_english_are_written_in_the_readers_language(settings):
+    settings.EMAIL_BACKEND = "django.core.mail.backends.locmem.EmailBackend"
+    org, _, _, _ = team_org()
+    Membership.objects.filter(organization=org).exclude(role=Role.OWNER).delete()
+    speakers(org, olga="ja")
+    stored = ["billing period", "1 hour", "5 hours", "1 day", "7 days", "90 minutes", "a fortnight"]
+    for i, window in enumerate(stored):
+        payload = {**PAYLOADS[NoticeKind.ALLOWANCE_RESET], "window": window}
+        Notice.objects.create(
+            organization=org, kind=NoticeKind.ALLOWANCE_RESET, dedupe_key=str(i), payload=payload, created_at=T0
+        )
+
+    assert notices_send_pending(now=T0) == len(stored)
+
+    # a name the sender does not know (not written by plans.models.window_label) is kept as stored
+    assert [m.subject for m in mail.outbox] == [
+        f"Tasks の利用枠（{name}）がリセットされました"
+        for name in ["請求期間", "1時間", "5時間", "1日", "7日", "90分", "a fortnight"]
+    ]
+
+
+def test_a_reader_without_a_language_gets_the_sites(settings):
+    settings.EMAIL_BACKEND = "django.core.mail.backends.locmem.EmailBackend"
+    settings.LANGUAGE_CODE = "ja"
+    org, _, _, _ = team_org()
+    # Given the owner chose no language and the admin chose English, on a site whose language is Japanese
+    speakers(org, ada="en")
+    pending(org, [NoticeKind.CREDITS_DEPLETED], tag="d")
+
+    assert notices_send_pending(now=T0) == 1
+
+    assert [(m.to, m.subject) for m in mail.outbox] == [
+        (["olga@example.com"], "クレジット残高がなくなりました"),
+        (["ada@example.com"], "You are out of credits"),
+    ]
+
+
 def test_notices_store_window_names_in_the_site_language_whatever_the_request(settings):
     # Given a window near its limit and a request in Japanese
     org, meter, allowance = period_org()
@@ -400,3 +529,27 @@ def test_notices_store_window_names_in_the_site_language_whatever_the_request(se
     # Then the stored notices (and the emails built from them) name the window in English
     windows = [n.payload["window"] for n in Notice.objects.filter(organization=org).order_by("id")]
     assert windows == ["billing period"] * 4
+
+
+def test_a_notice_names_its_window_from_the_stored_kind_not_the_stored_label():
+    # Given a notice whose label was stored in another language (as a site in Japanese would store it)
+    org, meter, allowance = period_org()
+    notice = Notice(
+        organization=org,
+        kind=NoticeKind.ALLOWANCE_RESET,
+        dedupe_key="x",
+        payload={
+            "window": "5時間",
+            "window_kind": "rolling",
+            "window_seconds": 5 * 3600,
+            "meter": "Tasks",
+            "limit": "4",
+            "reset_at": PERIOD_END,
+        },
+        created_at=T0,
+    )
+    # Then each language names the window from its kind and length
+    with translation.override("en"):
+        assert notice_text(notice)[0] == "Your 5 hours allowance for Tasks has reset"
+    with translation.override("ja"):
+        assert "5時間" in notice_text(notice)[0]

@@ -729,6 +729,18 @@ def test_inviting_an_existing_user_adds_a_membership(world):
     assert "Log in to see it: http://testserver/login/" in mail.outbox[0].body
 
 
+def test_an_invitation_is_written_in_the_language_its_reader_chose(world):
+    User.objects.filter(pk=world["otto"].pk).update(language="ja")
+
+    client_for(world["olga"]).post(
+        reverse("org_team_invite", args=[world["org"].pk]), {"email": "otto@example.com", "role": "member"}
+    )
+
+    [message] = mail.outbox
+    assert message.subject == "olga@example.com さんから Olga に招待されました"
+    assert message.body.endswith("ログインしてご確認ください: http://testserver/login/")
+
+
 @pytest.mark.parametrize(
     ("data", "errors"),
     [

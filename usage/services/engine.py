@@ -420,6 +420,8 @@ class Engine:
                                     "percent": pct,
                                     "meter_id": slot.allowance.meter_id,
                                     "window": _stored_label(slot.allowance),
+                                    "window_kind": slot.allowance.window_kind,
+                                    "window_seconds": slot.allowance.window_seconds,
                                     "limit": format_decimal(w.limit),
                                     "resets_at": w.end.isoformat(),
                                 },

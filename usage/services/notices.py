@@ -2,24 +2,29 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+import re
+from datetime import UTC, datetime
+from typing import Any
 
 from django.conf import settings
 from django.core.mail import send_mail
 from django.db import transaction
-from django.utils import translation
+from django.utils import dateformat, translation
+from django.utils.translation import gettext as _
 
-from accounts.notifications import category_for_kind
-from accounts.selectors import notification_recipients
+from accounts.notifications import category_for_kind, emails_by_language
+from accounts.selectors import notification_recipients_with_language
 from core.money import format_decimal
-from plans.models import PlanAllowance
+from plans.models import PlanAllowance, WindowKind, window_label
 from plans.selectors import catalogue
 from usage.messages import when
 from usage.models import AllowanceWindow, Notice, NoticeKind
+from usage.templatetags.dashboard import number
 
 
 def notice_text(notice: Notice) -> tuple[str, str]:
-    """Subject and body of a notice's email, in words (payload keys as stored by the engine and sweep)."""
+    """Subject and body of a notice's email in the active language (payload keys as stored by the engine
+    and sweep). The sender renders it once per language among the recipients (translation.override)."""
     p = notice.payload
     meter = p.get("meter")
     if meter is None and "meter_id" in p:
@@ -28,31 +33,74 @@ def notice_text(notice: Notice) -> tuple[str, str]:
     overview = f"{settings.PUBLIC_BASE_URL}/orgs/{notice.organization_id}/"
     credits = f"{settings.PUBLIC_BASE_URL}/orgs/{notice.organization_id}/credits/"
     if notice.kind == NoticeKind.WINDOW_THRESHOLD:
-        subject = f"You have used {p['percent']}% of your {p['window']} allowance for {meter}"
-        body = (
-            f"Your organization has used {p['percent']}% of its {p['window']} allowance for {meter} "
-            f"(limit {p['limit']}). It resets at {_when(p.get('resets_at'))}.\n\n"
-            f"Past the allowance, usage is paid with credits. See your usage: {overview}"
+        values = {
+            "percent": p["percent"],
+            "window": _window_name(p),
+            "meter": meter,
+            "limit": number(p["limit"]),
+            "when": _when(p.get("resets_at")),
+            "link": overview,
+        }
+        subject = _("You have used %(percent)s%% of your %(window)s allowance for %(meter)s") % values
+        body = "\n\n".join(
+            [
+                _(
+                    "Your organization has used %(percent)s%% of its %(window)s allowance for %(meter)s "
+                    "(limit %(limit)s). It resets at %(when)s."
+                )
+                % values,
+                _("Past the allowance, usage is paid with credits. See your usage: %(link)s") % values,
+            ]
         )
     elif notice.kind == NoticeKind.ALLOWANCE_RESET:
-        subject = f"Your {p['window']} allowance for {meter} has reset"
-        body = (
-            f"Your {p['window']} allowance for {meter} reset at {_when(p.get('reset_at'))}: "
-            f"{p['limit']} available again.\n\n{overview}"
-        )
+        values = {
+            "window": _window_name(p),
+            "meter": meter,
+            "limit": number(p["limit"]),
+            "when": _when(p.get("reset_at")),
+        }
+        subject = _("Your %(window)s allowance for %(meter)s has reset") % values
+        body = _("Your %(window)s allowance for %(meter)s reset at %(when)s: %(limit)s available again.") % values
+        body += f"\n\n{overview}"
     elif notice.kind == NoticeKind.CREDITS_LOW:
-        subject = f"Your credit balance is low ({p['balance']} credits)"
-        body = f"Your balance fell below {p['threshold']} credits. Buy credits or turn on auto top-up: {credits}"
+        values = {"balance": number(p["balance"]), "threshold": number(p["threshold"]), "link": credits}
+        subject = _("Your credit balance is low (%(balance)s credits)") % values
+        body = _("Your balance fell below %(threshold)s credits. Buy credits or turn on auto top-up: %(link)s") % values
     else:
-        subject = "You are out of credits"
-        body = (
-            f"Your credit balance is 0. Usage beyond your plan's allowance is refused until you buy credits: {credits}"
-        )
+        subject = _("You are out of credits")
+        body = _(
+            "Your credit balance is 0. Usage beyond your plan's allowance is refused until you buy credits: %(link)s"
+        ) % {"link": credits}
     return subject, body
 
 
 def _when(iso: str | None) -> str:
-    return when(datetime.fromisoformat(iso)) if iso else ""
+    """A stored time in UTC, written as the active language writes dates (usage/messages.py `when` in English)."""
+    if not iso:
+        return ""
+    at = datetime.fromisoformat(iso).astimezone(UTC)
+    if (translation.get_language() or "").startswith("ja"):
+        return dateformat.format(at, "Y年n月j日 H:i") + " UTC"
+    return when(at)
+
+
+_STORED_WINDOW = re.compile(r"(\d+) (minute|hour|day)s?")
+_UNIT_SECONDS = {"minute": 60, "hour": 3600, "day": 86400}
+
+
+def _window_name(payload: dict[str, Any]) -> str:
+    """A window's name in the active language: from its kind and length (stored since 2026-11-28);
+    older payloads hold only the English label, read back through the same msgids (a name it does
+    not know is kept as stored)."""
+    if "window_kind" in payload:
+        return window_label(payload["window_kind"], payload.get("window_seconds"))
+    stored = str(payload["window"])
+    if stored == "billing period":
+        return window_label(WindowKind.PERIOD, None)
+    match = _STORED_WINDOW.fullmatch(stored)
+    if match is None:
+        return stored
+    return window_label(WindowKind.ROLLING, int(match[1]) * _UNIT_SECONDS[match[2]])
 
 
 def windows_close_finished(*, now: datetime, limit: int = 5000) -> int:
@@ -77,6 +125,8 @@ def windows_close_finished(*, now: datetime, limit: int = 5000) -> int:
                     dedupe_key=f"{w.allowance_id}:{w.start.isoformat()}",
                     payload={
                         "window": _stored_label(w.allowance),
+                        "window_kind": w.allowance.window_kind,
+                        "window_seconds": w.allowance.window_seconds,
                         "meter": w.allowance.meter.name,
                         "limit": format_decimal(w.limit),
                         "used": format_decimal(w.used),
@@ -102,8 +152,9 @@ def _stored_label(allowance: PlanAllowance) -> str:
 
 def notices_send_pending(*, now: datetime, limit: int = 500) -> int:
     """Email each unsent notice once, to the people of the organization who get its category
-    (accounts.selectors.notification_recipients: owners and admins unless they opted out, members
-    who opted in).
+    (accounts.selectors.notification_recipients_with_language: owners and admins unless they opted
+    out, members who opted in), one email per language among them, each in its readers' language.
+    Returns how many notices were emailed.
 
     The row is claimed (sent_at set) in the same transaction that reads it, with SKIP LOCKED, so
     two workers never send the same notice; a crash before commit leaves it unsent for the next run.
@@ -117,15 +168,17 @@ def notices_send_pending(*, now: datetime, limit: int = 500) -> int:
         )
         if not notices:
             return 0
-        recipients = notification_recipients(
+        recipients = notification_recipients_with_language(
             organization_ids={n.organization_id for n in notices},
             categories={category_for_kind(n.kind) for n in notices},
         )
         for notice in notices:
-            to = recipients.get((notice.organization_id, category_for_kind(notice.kind)), [])
-            if to:
-                subject, body = notice_text(notice)
+            people = recipients.get((notice.organization_id, category_for_kind(notice.kind)), [])
+            for language, to in emails_by_language(people).items():
+                with translation.override(language):
+                    subject, body = notice_text(notice)
                 send_mail(subject, body, None, to, fail_silently=False)
+            if people:
                 sent += 1
             notice.sent_at = now
         Notice.objects.bulk_update(notices, ["sent_at"])

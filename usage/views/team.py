@@ -14,6 +14,7 @@ from django.core.mail import send_mail
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect
 from django.urls import reverse
+from django.utils import translation
 from django.utils.encoding import force_bytes
 from django.utils.http import urlsafe_base64_encode
 from django.utils.translation import gettext as _
@@ -67,6 +68,13 @@ def team(request: HttpRequest, ctx: OrgContext) -> HttpResponse:
 
 
 def _invite_mail(request: HttpRequest, ctx: OrgContext, user: User, *, new_user: bool) -> None:
+    # In the language they chose; someone who has not chosen yet gets the inviter's.
+    with translation.override(user.language or translation.get_language()):
+        subject, body = _invite_text(request, ctx, user, new_user=new_user)
+    send_mail(subject, body, None, [user.email])
+
+
+def _invite_text(request: HttpRequest, ctx: OrgContext, user: User, *, new_user: bool) -> tuple[str, str]:
     inviter = request.user
     if new_user or not user.has_usable_password():
         link = request.build_absolute_uri(
@@ -96,7 +104,7 @@ def _invite_mail(request: HttpRequest, ctx: OrgContext, user: User, *, new_user:
             action,
         ]
     )
-    send_mail(subject, body, None, [user.email])
+    return subject, body
 
 
 @require_POST
