@@ -354,3 +354,33 @@ def test_the_commit_goes_with_the_writes_when_the_transaction_is_outermost(world
     assert connection.connection.pgconn.transaction_status == psycopg.pq.TransactionStatus.IDLE
     assert UsageEvent.objects.filter(organization=org).count() == 1
     _assert_connection_clean()
+
+
+def test_a_batch_that_fails_in_its_second_group_keeps_the_first_and_a_retry_finishes_it(world, monkeypatch):
+    # Given three organizations, committed in groups of one, and the second group failing once
+    org, meter = world
+    others = [make_org(plan=org.subscription.plan) for _ in range(2)]
+    orgs = sorted([org, *others], key=lambda o: o.pk)
+    monkeypatch.setattr(record_module, "ORGS_PER_TRANSACTION", 1)
+    batch = [item(o, meter, "1", "k") for o in orgs]
+    real_group = record_module._record_group
+    calls = []
+
+    def failing_second(items, digests, **kwargs):
+        calls.append(items[0].organization_id)
+        if len(calls) == 2:
+            raise OperationalError("the database went away")
+        return real_group(items, digests, **kwargs)
+
+    monkeypatch.setattr(record_module, "_record_group", failing_second)
+    # When the batch runs: the first group is committed, the error reaches the caller
+    with pytest.raises(OperationalError):
+        usage_record_batch(items=batch, now=NOW)
+    assert [UsageEvent.objects.filter(organization=o).count() for o in orgs] == [1, 0, 0]
+    # Then a retry of the same batch replays the first and records the others
+    monkeypatch.setattr(record_module, "_record_group", real_group)
+    outs = usage_record_batch(items=batch, now=NOW)
+    assert [(o.status, o.replayed) for o in outs] == [(201, True), (201, False), (201, False)]
+    assert [UsageEvent.objects.filter(organization=o).count() for o in orgs] == [1, 1, 1]
+    for o in orgs:
+        assert_ledger_consistent(o.pk)

@@ -13,7 +13,7 @@ from plans.models import Overage, WindowKind
 from tests.factories import T0, AllowanceFactory, MeterFactory, PlanFactory, make_org
 from tests.usage.engine_support import D, assert_books_balance, balance, entries, events, item, snapshot, use, windows
 from usage.models import UsageEvent
-from usage.services import usage_authorize, usage_record_batch
+from usage.services import record, usage_authorize, usage_record_batch
 
 pytestmark = pytest.mark.django_db
 
@@ -465,6 +465,35 @@ def test_batch_mixes_organizations_unknown_meters_and_unknown_organizations():
     assert [w[4] for w in windows(org_a)] == [D(1)]
     assert [w[4] for w in windows(org_b)] == [D(2)]
     assert events(org_b) == [("k", "allowed", 201, D(2), D(2), D(0))]
+
+
+def test_a_batch_over_many_organizations_commits_in_groups_and_answers_in_order(monkeypatch):
+    # Given 5 organizations and groups of 2 organizations per transaction
+    monkeypatch.setattr(record, "ORGS_PER_TRANSACTION", 2)
+    _, meter, allowance = period_setup(limit="3")
+    orgs = [make_org(plan=allowance.plan) for _ in range(5)]
+    missing = orgs[-1].pk + 1000
+    # When one batch interleaves them (the last organization twice, with a repeated key), plus an unknown one
+    batch = [item(org, meter, "2", "k") for org in reversed(orgs)]
+    batch += [item(missing, meter, "1", "k"), item(orgs[0], meter, "1", "k2"), item(orgs[0], meter, "2", "k")]
+    transactions = []
+    real_group = record._record_group
+
+    def group(items, digests, **kwargs):
+        transactions.append(sorted({i.organization_id for i in items}))
+        return real_group(items, digests, **kwargs)
+
+    monkeypatch.setattr(record, "_record_group", group)
+    outs = usage_record_batch(items=batch, now=T0)
+    # Then the answers are in the batch's order, each organization decided in order
+    assert [o.status for o in outs] == [201] * 5 + [404, 201, 201]
+    assert [o.body["from_allowance"] for o in outs[:5]] == ["2"] * 5
+    assert outs[6].body["windows"][0]["used"] == "3"  # after the 2 of its first event, earlier in the batch
+    assert (outs[7].body, outs[7].replayed) == (outs[4].body, True)
+    # And the organizations were committed in ascending groups of 2 (the unknown one last)
+    ids = sorted(org.pk for org in orgs)
+    assert transactions == [ids[0:2], ids[2:4], [ids[4], missing]]
+    assert [w[4] for org in orgs for w in windows(org)] == [D(3), D(2), D(2), D(2), D(2)]
 
 
 def test_empty_batch_is_empty():

@@ -24,7 +24,7 @@ from billing.services.book import Entry
 from core.money import ZERO, format_decimal
 from core.sql import Sent, Update, atomic_pipeline, db_datetime, in_list, insert_rows
 from plans.periods import month_start
-from plans.selectors import catalogue
+from plans.selectors import Catalogue, catalogue
 from usage.messages import limit_reached_message, spend_cap_message
 from usage.models import Decision, EventKind
 from usage.services.engine import Engine, Evaluation, OrgState
@@ -297,12 +297,40 @@ def _with_id(event_id: int, body: dict[str, Any]) -> dict[str, Any]:
     return {"id": event_id, **body}
 
 
+ORGS_PER_TRANSACTION = 200  # a batch over more organizations commits in groups of this many
+
+
 def usage_record_batch(*, items: list[UsageInput], now: datetime) -> list[Outcome]:
-    """Decide and record every item, in order, in one transaction. One outcome per item."""
+    """Decide and record every item, in order. One outcome per item.
+
+    An organization's events are decided in the batch's order and committed together. A batch over
+    more than ORGS_PER_TRANSACTION organizations commits them in groups, in ascending ids: batches
+    over the same organizations then follow each other group by group, instead of one waiting for the
+    whole of the other, and no lock is held longer than a group takes. Every event carries its own
+    idempotency key, so a retry of a batch that failed half-way replays what was committed and
+    records the rest.
+    """
     if not items:
         return []
     digests = [request_hash(item) for item in items]  # before the lock: less work while it is held
     catalog = catalogue()
+    org_ids = sorted({item.organization_id for item in items})
+    if len(org_ids) <= ORGS_PER_TRANSACTION:
+        return _record_group(items, digests, now=now, catalog=catalog)
+    positions: dict[int, list[int]] = {}
+    for index, item in enumerate(items):
+        positions.setdefault(item.organization_id, []).append(index)
+    outcomes: list[Outcome] = [Outcome(0, {})] * len(items)  # every slot is filled below
+    for start in range(0, len(org_ids), ORGS_PER_TRANSACTION):
+        indexes = sorted(i for org_id in org_ids[start : start + ORGS_PER_TRANSACTION] for i in positions[org_id])
+        group = _record_group([items[i] for i in indexes], [digests[i] for i in indexes], now=now, catalog=catalog)
+        for index, outcome in zip(indexes, group, strict=True):
+            outcomes[index] = outcome
+    return outcomes
+
+
+def _record_group(items: list[UsageInput], digests: list[str], *, now: datetime, catalog: Catalogue) -> list[Outcome]:
+    """Decide and record these items (of few enough organizations) in one transaction."""
     meters_by_key = catalog.meters_by_key
     meter_ids = {meter.id for item in items if (meter := meters_by_key.get(item.meter)) is not None}
     org_ids = sorted({item.organization_id for item in items})
