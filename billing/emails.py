@@ -101,7 +101,8 @@ def billing_notice_text(*, kind: str, params: Mapping[str, Any]) -> tuple[str, s
             body = (
                 _(
                     "The renewal of your %(plan)s plan (%(money)s) failed: %(reason)s We will try again on %(when)s. "
-                    "After %(max)s failed attempts you move to the free plan. Update your card on the Billing page."
+                    "After %(max)s failed attempts you move to the free plan. Update your card on the Payment "
+                    "methods page."
                 )
                 % values
             )
@@ -110,7 +111,7 @@ def billing_notice_text(*, kind: str, params: Mapping[str, Any]) -> tuple[str, s
                 _(
                     "The renewal of your %(plan)s plan (%(money)s) failed: %(reason)s Update your card to keep "
                     "your plan. After %(max)s failed attempts you move to the free plan. Update your card on the "
-                    "Billing page."
+                    "Payment methods page."
                 )
                 % values
             )

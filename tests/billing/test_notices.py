@@ -185,7 +185,7 @@ def test_a_billing_email_goes_to_each_reader_in_their_language_and_is_stored_in_
         == (
             "The renewal of your Pro plan (28.00 USD) failed: Your card was declined. "
             "We will try again on 2026-02-16 12:00 UTC. After 3 failed attempts you move to the free plan. "
-            "Update your card on the Billing page."
+            "Update your card on the Payment methods page."
         )
     )
 
@@ -224,7 +224,7 @@ def test_every_kind_of_billing_email_reads_in_english_and_in_japanese():
         "We could not renew your Pro plan": (
             "The renewal of your Pro plan (28.00 USD) failed: Your card was declined. We will try again on "
             "2026-02-16 12:00 UTC. After 3 failed attempts you move to the free plan. Update your card on the "
-            "Billing page."
+            "Payment methods page."
         ),
         "Your Pro plan has ended": (
             "We could not renew your Pro plan after 3 attempts (Your card was declined.). You are now on the Free "
@@ -285,7 +285,7 @@ def test_a_failed_renewal_with_no_attempt_left_asks_for_a_new_card():
 
     assert billing_notice_text(kind=K.RENEWAL_FAILED, params=params)[1] == (
         "The renewal of your Pro plan (28.00 USD) failed: Your card was declined. Update your card to keep your plan. "
-        "After 3 failed attempts you move to the free plan. Update your card on the Billing page."
+        "After 3 failed attempts you move to the free plan. Update your card on the Payment methods page."
     )
     with translation.override("ja"):
         assert billing_notice_text(kind=K.RENEWAL_FAILED, params=params)[1] == (
