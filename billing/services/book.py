@@ -18,7 +18,7 @@ from typing import Any
 from django.db import connection
 
 from billing.models import CreditAccount, CreditLot, EntryKind, LotCategory
-from core.money import ZERO
+from core.money import CREDIT_PLACES, MAX_CREDITS, ZERO
 from core.sql import (
     Sent,
     build_instances,
@@ -248,7 +248,9 @@ class CreditBook:
         if left > 0:
             raise AssertionError("draw() past the available credits: check available() first")
         if count_spend and amount > 0:
-            self.account.spend_month_total += amount
+            # Saturates at the largest storable amount: a month's spend can pass it over many lots,
+            # and any cap is below it, so a cap check reads the same.
+            self.account.spend_month_total = min(self.account.spend_month_total + amount, _SPEND_TOTAL_MAX)
             self._account_dirty = True
         return drawn
 
@@ -415,6 +417,7 @@ def flush_books(books: Iterable[CreditBook]) -> None:
 
 
 _NO_EXPIRY = datetime.max.replace(tzinfo=UTC)
+_SPEND_TOTAL_MAX = MAX_CREDITS - Decimal(1).scaleb(-CREDIT_PLACES)
 _OPEN_LOTS_SQL = f"SELECT {columns_of(CreditLot)} FROM billing_creditlot WHERE organization_id = %s AND is_open"
 _ENTRY_COLUMNS = [
     ("organization_id", "bigint"),

@@ -397,6 +397,20 @@ def test_the_same_key_in_two_organizations_is_two_events():
     assert (out.status, out.replayed, out.body["from_allowance"]) == (201, False, "2")
 
 
+def test_a_months_spend_past_the_largest_stored_amount_saturates_instead_of_failing():
+    # Given an organization that spends 6e15 credits twice in one month (each grant fits; the sum does not)
+    org, meter, _ = period_setup(limit="0", cpu="5")
+    grant(org, "6000000000000000")
+    assert use(org, meter, "1200000000000000", "k1", now=T0).status == 201
+    grant(org, "6000000000000000")
+    # When it spends the second grant
+    out = use(org, meter, "1200000000000000", "k2", now=T0)
+    # Then the request is allowed, and the month's total holds the largest amount a column stores
+    assert (out.status, out.body["credits"]["balance"]) == (201, "0")
+    assert CreditAccount.objects.get(organization=org).spend_month_total == D("9999999999999999.9999")
+    assert assert_books_balance(org) == D(0)
+
+
 # Batch -----------------------------------------------------------------------------------------
 
 
