@@ -66,7 +66,9 @@ class LedgerView(APIView):
             OpenApiParameter("limit", int, description=f"Page size, at most {LEDGER_PAGE_MAX}"),
         ],
         responses={
-            200: inline_serializer("LedgerPage", {"data": serializers.ListField(), "next": serializers.IntegerField()})
+            200: inline_serializer(
+                "LedgerPage", {"data": serializers.ListField(), "next": serializers.IntegerField(allow_null=True)}
+            )
         },
         summary="Ledger entries, newest first",
     )
@@ -320,7 +322,9 @@ class PurchasesView(APIView):
             OpenApiParameter("limit", int, description=f"Page size, at most {RECEIPTS_PAGE_MAX}"),
         ],
         responses={
-            200: inline_serializer("ReceiptPage", {"data": serializers.ListField(), "next": serializers.IntegerField()})
+            200: inline_serializer(
+                "ReceiptPage", {"data": serializers.ListField(), "next": serializers.IntegerField(allow_null=True)}
+            )
         },
         summary="Receipts: paid packs, auto top-ups, plan upgrades and renewals, newest first",
     )

@@ -7,9 +7,42 @@ from decimal import Decimal
 from typing import Any
 
 from django.utils.dateparse import parse_datetime
+from rest_framework import exceptions, parsers
 
 from core.errors import DomainError
 from core.money import parse_decimal
+
+# No request body needs more (a batch event's metadata sits four levels down); deeper ones are refused
+# before anything walks them: Python's decoder and every recursive walk would raise RecursionError (a 500).
+MAX_JSON_DEPTH = 32
+
+
+class JSONParser(parsers.JSONParser):
+    """DRF's JSON parser with a bound on nesting: a body nested too deeply is a 400 malformed_json."""
+
+    too_deep = f"The JSON body is nested too deeply (at most {MAX_JSON_DEPTH} levels)."
+
+    def parse(self, stream: Any, media_type: str | None = None, parser_context: Any = None) -> Any:
+        try:
+            data = super().parse(stream, media_type, parser_context)
+        except RecursionError:  # Python's decoder gives up near sys.getrecursionlimit() levels
+            raise exceptions.ParseError(self.too_deep) from None
+        if _deeper_than(data, MAX_JSON_DEPTH):
+            raise exceptions.ParseError(self.too_deep)
+        return data
+
+
+def _deeper_than(data: Any, limit: int) -> bool:
+    """Whether arrays and objects nest more than `limit` levels; iterative, so any depth is safe to walk."""
+    stack = [(data, 1)] if isinstance(data, dict | list) else []
+    while stack:
+        value, depth = stack.pop()
+        if depth > limit:
+            return True
+        for child in value.values() if isinstance(value, dict) else value:
+            if isinstance(child, dict | list):
+                stack.append((child, depth + 1))
+    return False
 
 
 def invalid(field: str, message: str) -> DomainError:

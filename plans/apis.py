@@ -42,7 +42,13 @@ class KeyVerifyView(APIView):
         request=inline_serializer("KeyVerify", {"key": serializers.CharField()}),
         responses={
             200: inline_serializer(
-                "KeyVerified", {"organization": serializers.IntegerField(), "plan": serializers.CharField()}
+                "KeyVerified",
+                {
+                    "organization": serializers.IntegerField(),
+                    "organization_name": serializers.CharField(),
+                    "key": serializers.DictField(),
+                    "plan": serializers.CharField(allow_null=True, help_text="null when it has no subscription"),
+                },
             )
         },
         summary="Which organization and plan a customer API key belongs to (404 if unknown or revoked)",

@@ -32,6 +32,18 @@ UsageRequestSchema = inline_serializer(
         ),
     },
 )
+UsageBatchEventSchema = inline_serializer(
+    "UsageBatchEvent",
+    {
+        "idempotency_key": serializers.CharField(max_length=255, help_text="Unique per event"),
+        "organization": serializers.IntegerField(),
+        "meter": serializers.CharField(),
+        "quantity": serializers.DecimalField(max_digits=20, decimal_places=4),
+        "occurred_at": serializers.DateTimeField(required=False),
+        "metadata": serializers.DictField(required=False),
+        "user": serializers.IntegerField(required=False),
+    },
+)
 DecisionSchema = inline_serializer(
     "UsageDecision",
     {
@@ -94,11 +106,29 @@ class UsageBatchView(APIView):
     @extend_schema(
         operation_id="usage_record_batch",
         request=inline_serializer(
-            "UsageBatchRequest", {"events": serializers.ListField(child=serializers.DictField())}
+            "UsageBatchRequest",
+            {
+                "events": serializers.ListField(
+                    child=UsageBatchEventSchema, min_length=1, max_length=settings.USAGE_BATCH_MAX
+                )
+            },
         ),
         responses={
             200: inline_serializer(
-                "UsageBatchResponse", {"results": serializers.ListField(child=serializers.DictField())}
+                "UsageBatchResponse",
+                {
+                    "results": serializers.ListField(
+                        child=inline_serializer(
+                            "UsageBatchResult",
+                            {
+                                "index": serializers.IntegerField(),
+                                "status": serializers.IntegerField(help_text="What POST /usage would have answered"),
+                                "body": serializers.DictField(help_text="A decision, or an error envelope"),
+                                "replayed": serializers.BooleanField(required=False),
+                            },
+                        )
+                    )
+                },
             )
         },
         summary="Record up to 1,000 events, each with its own idempotency_key; one result per event, in order",

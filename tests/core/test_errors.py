@@ -16,6 +16,7 @@ from billing.models import CreditLot, LedgerEntry
 from billing.services import credits_grant
 from core.api import not_found_handler, server_error_handler
 from core.models import IdempotencyRecord
+from core.parsing import MAX_JSON_DEPTH
 from tests.factories import AllowanceFactory, make_org
 from usage.models import Reservation, UsageEvent
 from usage.services import UsageInput, reservation_create
@@ -170,6 +171,69 @@ def test_malformed_or_non_object_bodies_are_400_on_every_call(org_and_meter, adm
     assert response.status_code == 400
     assert response.json()["error"]["code"] == code
     assert counts(org, rid) == before
+
+
+def nested(depth: int) -> str:
+    """A JSON object nested `depth` levels: {"a": {"a": ... {} ...}}."""
+    return '{"a": ' * (depth - 1) + "{}" + "}" * (depth - 1)
+
+
+TOO_DEEP = {
+    "error": {
+        "code": "malformed_json",
+        "message": f"The JSON body is nested too deeply (at most {MAX_JSON_DEPTH} levels).",
+    }
+}
+
+
+@pytest.mark.parametrize(("method", "url"), BODY_CALLS)
+@pytest.mark.parametrize(
+    "raw",
+    [
+        "[" * 100_000 + "]" * 100_000,  # Python's decoder raised RecursionError: a 500
+        '{"metadata": ' + nested(400) + "}",  # decoded, then the NUL check recursed past the limit: a 500
+        "[" + nested(MAX_JSON_DEPTH) + "]",
+    ],
+    ids=["decoder-limit", "walk-limit", "one-past-the-bound"],
+)
+def test_bodies_nested_too_deeply_are_400_on_every_call(org_and_meter, admin_client, method, url, raw):
+    org, _, rid = org_and_meter
+    before = counts(org, rid)
+
+    response = getattr(admin_client, method)(
+        url.format(org=org.pk, rid=rid), raw, content_type="application/json", HTTP_IDEMPOTENCY_KEY="k"
+    )
+
+    assert response.status_code == 400
+    assert response.json() == TOO_DEEP
+    assert counts(org, rid) == before
+
+
+def test_metadata_nested_up_to_the_bound_is_recorded(org_and_meter, service_client):
+    org, meter, _ = org_and_meter
+    # The body is level 1 and metadata level 2, so metadata may nest MAX_JSON_DEPTH - 1 levels.
+    raw = json.dumps({"organization": org.pk, "meter": meter, "quantity": "1", "metadata": "M"})
+    raw = raw.replace('"M"', nested(MAX_JSON_DEPTH - 1))
+
+    response = service_client.post("/api/v1/usage", raw, content_type="application/json", HTTP_IDEMPOTENCY_KEY="m")
+
+    assert response.status_code == 201
+    assert UsageEvent.objects.get(pk=response.json()["id"]).metadata == json.loads(nested(MAX_JSON_DEPTH - 1))
+
+
+def test_batch_events_nested_too_deeply_refuse_the_whole_batch(org_and_meter, service_client):
+    org, meter, _ = org_and_meter
+    event = {"idempotency_key": "e1", "organization": org.pk, "meter": meter, "quantity": "1"}
+    # events (2) > an event (3) > metadata (4 and down): nested MAX_JSON_DEPTH - 2 levels, it ends one past the bound
+    raw = json.dumps({"events": [event, {**event, "idempotency_key": "e2", "metadata": "M"}]})
+    raw = raw.replace('"M"', nested(MAX_JSON_DEPTH - 2))
+    before = UsageEvent.objects.filter(organization=org).count()
+
+    response = service_client.post("/api/v1/usage/batch", raw, content_type="application/json")
+
+    assert response.status_code == 400
+    assert response.json() == TOO_DEEP
+    assert UsageEvent.objects.filter(organization=org).count() == before
 
 
 @pytest.mark.parametrize(("method", "url"), BODY_CALLS)

@@ -697,6 +697,40 @@ def test_reservation_release_frees_everything_and_replays(world, service_client)
     assert entitlements["meters"][0]["windows"] == [world.window(used="0")]
 
 
+def test_reservation_commit_owing_more_than_can_be_stored_is_400_and_keeps_the_hold(world, service_client):
+    # Found by schemathesis: a commit far above the hold left a shortfall past the columns' 16 integer
+    # digits, and the UPDATE of the reservation failed (500). After the release, 10 tasks are included and
+    # 100 credits available: 2000000000000030 tasks owe 5 x 2000000000000020 - 100 = 10^16 credits unpaid.
+    held = reserve(service_client, world, "12").json()
+    url = f"/api/v1/reservations/{held['id']}/commit"
+
+    response = post(service_client, url, {"organization": world.org.pk, "quantity": "2000000000000030"})
+
+    assert response.status_code == 400
+    assert response.json() == {
+        "error": {
+            "code": "validation_error",
+            "message": "quantity: is too large: the credits it would owe cannot be recorded.",
+            "field": "quantity",
+        }
+    }
+    assert Reservation.objects.get(pk=held["id"]).status == "held"
+    assert ledger_kinds(world.org) == [("grant", "100"), ("hold", "-10")]
+    entitlements = service_client.get(f"/api/v1/organizations/{world.org.pk}/entitlements").json()
+    assert entitlements["credits"]["balance"] == "90"
+    assert entitlements["meters"][0]["windows"] == [world.window(used="10")]
+    # the hold is still usable, and one unit less leaves the largest shortfall that can be stored
+    committed = post(service_client, url, {"organization": world.org.pk, "quantity": "2000000000000029"})
+    assert committed.status_code == 200
+    body = committed.json()
+    assert (body["status"], body["committed_quantity"], body["shortfall_credits"]) == (
+        "committed",
+        "2000000000000029",
+        "9999999999999995",
+    )
+    assert body["credits"] == {"balance": "0"}
+
+
 @pytest.mark.parametrize(
     ("action", "body", "message"),
     [

@@ -15,7 +15,7 @@ from django.conf import settings
 from django.db import transaction
 
 from billing.models import EntryKind
-from core.money import format_decimal
+from core.money import MAX_CREDITS, format_decimal
 from usage.models import Decision, EventKind, Reservation, ReservationStatus, UsageEvent
 from usage.services.engine import Engine, OrgState
 from usage.services.record import (
@@ -179,6 +179,16 @@ def reservation_commit(*, organization_id: int, reservation_id: int, quantity: D
         reference = f"reservation:{reservation.pk}"
         engine.release(st, reservation, reference=reference)
         ev = engine.evaluate(st, meter, quantity, partial=True)
+        if ev.shortfall >= MAX_CREDITS:
+            # Nothing is written: the release above changed only this engine's memory, and it is not flushed.
+            return Outcome(
+                400,
+                error_body(
+                    "validation_error",
+                    "quantity: is too large: the credits it would owe cannot be recorded.",
+                    field="quantity",
+                ),
+            )
         drawn, entries = engine.apply(st, ev)
         fields = decision_fields(st, ev, drawn=drawn)
         event = UsageEvent.objects.create(
