@@ -516,7 +516,9 @@ class CreditPurchaseAdmin(ReadOnlyAdmin):
             amount = purchase_unused_refund_amount(purchase=purchase, now=now)
             if amount > 0:
                 to_refund.append((purchase, amount))
-            remaining = purchase.lot.remaining if purchase.lot is not None else None
+            lot = purchase.lot
+            remaining = lot.remaining if lot is not None else None
+            expired = lot is not None and lot.expires_at is not None and lot.expires_at <= now
             rows.append(
                 {
                     "purchase": purchase,
@@ -524,7 +526,10 @@ class CreditPurchaseAdmin(ReadOnlyAdmin):
                     "paid_text": f"{format_money(purchase.amount, purchase.currency)} {purchase.currency.upper()}",
                     "refund_text": f"{format_money(amount, purchase.currency)} {purchase.currency.upper()}",
                     "credits_text": format_decimal(purchase.credits),
-                    "unused_text": format_decimal(remaining) if remaining is not None else "",
+                    # Expired credits are not refunded, even before the expiry sweep has taken them.
+                    "unused_text": (
+                        str(_("expired")) if expired else format_decimal(remaining) if remaining is not None else ""
+                    ),
                     "refundable": amount > 0,
                 }
             )

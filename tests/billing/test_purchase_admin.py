@@ -106,6 +106,7 @@ def test_the_refund_action_skips_an_expired_lot(localstripe, site, monkeypatch):
     assert preview.status_code == 200
     page = preview.content.decode()
     assert "nothing to refund: skipped" in page
+    assert "<td>expired</td>" in page  # its 100 credits are not shown as unused
     assert "None of these purchases has anything left to refund." in page
     assert 'name="confirm_token"' not in page  # nothing to confirm
     assert localstripe.request("GET", "/v1/refunds")["data"] == []
