@@ -77,6 +77,13 @@ def service_token_create(*, name: str, scope: str) -> tuple[ServiceToken, str]:
     return token, secret
 
 
+def service_token_replace(*, name: str, scope: str) -> tuple[ServiceToken, str]:
+    """A new token under `name`, the old one (if any) deleted: for a demo token whose secret was lost."""
+    with transaction.atomic():
+        ServiceToken.objects.filter(name=name).delete()
+        return service_token_create(name=name, scope=scope)
+
+
 def _locked_membership(*, organization: Organization, membership_id: int, actor_role: str) -> tuple[Membership, int]:
     """The membership to change and how many owners there are, with the owners' rows locked so
     two concurrent changes cannot both remove the last owner."""

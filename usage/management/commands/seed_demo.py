@@ -9,8 +9,9 @@ from django.conf import settings
 from django.core.management.base import BaseCommand
 from django.db import transaction
 
-from accounts.models import Membership, Role, ServiceToken, User
-from accounts.services import membership_set, service_token_create
+from accounts.models import Membership, Role, User
+from accounts.selectors import service_token_by_hash
+from accounts.services import membership_set, secret_hash, service_token_replace
 from billing.models import CreditLot, CreditPack, LotCategory
 from billing.services import credits_grant
 from billing.services.provision import organization_setup, user_signup
@@ -122,9 +123,11 @@ class Command(BaseCommand):
         if member is None:
             member, _ = user_signup(email="member@example.com", password=DEMO_PASSWORD, name="Member", now=at)
         membership_set(organization=org, user=member, role=Role.MEMBER)
-        if not ServiceToken.objects.filter(name="demo").exists():
-            _, secret = service_token_create(name="demo", scope="admin")
-            path = settings.VAR_DIR / "demo-service-token.txt"
+        # The saved secret must open this database: the file outlives it (another DATABASE_URL, a reset).
+        path = settings.VAR_DIR / "demo-service-token.txt"
+        saved = path.read_text().strip() if path.exists() else ""
+        if not saved or service_token_by_hash(secret_hash(saved)) is None:
+            _, secret = service_token_replace(name="demo", scope="admin")
             path.write_text(secret + "\n")
             self.stdout.write(f"Demo service token (admin scope), saved in {path}: {secret}")
 
