@@ -24,7 +24,6 @@ from core.sql import (
     build_instances,
     columns_of,
     db_datetime,
-    fetch_instances,
     for_no_key_update,
     from_db_datetime,
     in_list,
@@ -178,7 +177,7 @@ class CreditBook:
             else:
                 # Sorted here rather than by DRAW_ORDER in SQL: an organization has few open lots,
                 # and the ordering expressions cost more to compile than the sort.
-                self._lots = sorted(fetch_instances(CreditLot, _OPEN_LOTS_SQL, [self.organization_id]), key=_draw_key)
+                self._lots = sorted(_open_lots([self.organization_id]), key=_draw_key)
         return self._lots
 
     @property
@@ -418,7 +417,6 @@ def flush_books(books: Iterable[CreditBook]) -> None:
 
 _NO_EXPIRY = datetime.max.replace(tzinfo=UTC)
 _SPEND_TOTAL_MAX = MAX_CREDITS - Decimal(1).scaleb(-CREDIT_PLACES)
-_OPEN_LOTS_SQL = f"SELECT {columns_of(CreditLot)} FROM billing_creditlot WHERE organization_id = %s AND is_open"
 _ENTRY_COLUMNS = [
     ("organization_id", "bigint"),
     ("lot_id", "bigint"),
@@ -456,13 +454,15 @@ def load_open_lots(books: Iterable[CreditBook]) -> None:
     if not pending:
         return
     found: dict[int, list[CreditLot]] = {org_id: [] for org_id in pending}
-    where, params = in_list("organization_id", list(pending))
-    for lot in fetch_instances(
-        CreditLot, f"SELECT {columns_of(CreditLot)} FROM billing_creditlot WHERE {where} AND is_open", params
-    ):
+    for lot in _open_lots(list(pending)):
         found[lot.organization_id].append(lot)
     for org_id, book in pending.items():
         book._lots = sorted(found[org_id], key=_draw_key)
+
+
+def _open_lots(organization_ids: list[int]) -> list[CreditLot]:
+    sent = open_lots_send(organization_ids)
+    return build_instances(CreditLot, sent.rows()) if sent is not None else []
 
 
 def _draw_key(lot: CreditLot) -> tuple[object, ...]:

@@ -16,7 +16,6 @@ from typing import Any
 
 from django.conf import settings
 from django.db.models import Q
-from django.utils import translation
 
 from billing.models import EntryKind
 from billing.services.autotopup import auto_topup_enqueue_on_commit
@@ -46,6 +45,7 @@ from plans.models import WindowKind
 from plans.periods import period_bounds
 from plans.selectors import AllowanceInfo, Catalogue, MeterInfo, PlanInfo, catalogue
 from usage.models import AllowanceWindow, Notice, NoticeKind, Reservation, ReservationStatus
+from usage.services.notices import window_fields
 
 THRESHOLDS = (50, 80, 100)  # percent of a window at which owners get a notice
 
@@ -419,9 +419,7 @@ class Engine:
                                 payload={
                                     "percent": pct,
                                     "meter_id": slot.allowance.meter_id,
-                                    "window": _stored_label(slot.allowance),
-                                    "window_kind": slot.allowance.window_kind,
-                                    "window_seconds": slot.allowance.window_seconds,
+                                    **window_fields(slot.allowance.window_kind, slot.allowance.window_seconds),
                                     "limit": format_decimal(w.limit),
                                     "resets_at": w.end.isoformat(),
                                 },
@@ -515,12 +513,6 @@ class Engine:
                 auto_topup_enqueue_on_commit(st.organization_id)  # crossed the minimum; the task dedupes
         if self.notices:
             Notice.objects.bulk_create(self.notices, ignore_conflicts=True)
-
-
-def _stored_label(allowance: AllowanceInfo) -> str:
-    """A window's name as notices store it: in the site's language, whatever the request's."""
-    with translation.override(settings.LANGUAGE_CODE):
-        return allowance.label
 
 
 _WINDOW_COLUMNS = [

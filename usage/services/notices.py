@@ -15,7 +15,7 @@ from django.utils.translation import gettext as _
 from accounts.notifications import category_for_kind, emails_by_language
 from accounts.selectors import notification_recipients_with_language
 from core.money import format_decimal
-from plans.models import PlanAllowance, WindowKind, window_label
+from plans.models import WindowKind, window_label
 from plans.selectors import catalogue
 from usage.messages import when
 from usage.models import AllowanceWindow, Notice, NoticeKind
@@ -124,9 +124,7 @@ def windows_close_finished(*, now: datetime, limit: int = 5000) -> int:
                     kind=NoticeKind.ALLOWANCE_RESET,
                     dedupe_key=f"{w.allowance_id}:{w.start.isoformat()}",
                     payload={
-                        "window": _stored_label(w.allowance),
-                        "window_kind": w.allowance.window_kind,
-                        "window_seconds": w.allowance.window_seconds,
+                        **window_fields(w.allowance.window_kind, w.allowance.window_seconds),
                         "meter": w.allowance.meter.name,
                         "limit": format_decimal(w.limit),
                         "used": format_decimal(w.used),
@@ -145,9 +143,12 @@ def windows_close_finished(*, now: datetime, limit: int = 5000) -> int:
             return closed
 
 
-def _stored_label(allowance: PlanAllowance) -> str:
-    with translation.override(settings.LANGUAGE_CODE):  # stored, so not in the caller's language
-        return allowance.window_label
+def window_fields(kind: str, seconds: int | None) -> dict[str, Any]:
+    """How a notice's payload names its window: kind and length (the email names it in each reader's
+    language), and the name in the site's language for the admin, whatever the request's language."""
+    with translation.override(settings.LANGUAGE_CODE):
+        label = window_label(kind, seconds)
+    return {"window": label, "window_kind": kind, "window_seconds": seconds}
 
 
 def notices_send_pending(*, now: datetime, limit: int = 500) -> int:
