@@ -102,6 +102,12 @@ if DATABASE_URL:
         DATABASES["default"].setdefault("OPTIONS", {})["server_side_binding"] = env_bool(
             "DB_SERVER_SIDE_BINDING", default=True
         )
+        # psycopg prepares a statement once it has run this many times on a connection, so the hot
+        # path's few statements are not parsed and planned on every request (Django's default never
+        # prepares). 0 turns it off, as PgBouncer in transaction mode needs.
+        prepare_threshold = int(os.environ.get("DB_PREPARE_THRESHOLD", "5"))
+        if prepare_threshold > 0 and DATABASES["default"]["OPTIONS"]["server_side_binding"]:
+            DATABASES["default"]["OPTIONS"]["prepare_threshold"] = prepare_threshold
 else:
     VAR_DIR.mkdir(parents=True, exist_ok=True)
     DATABASES = {
@@ -236,6 +242,8 @@ RESERVATION_DEFAULT_TTL_SECONDS = 3600
 AUTO_TOPUP_COOLDOWN_SECONDS = int(os.environ.get("AUTO_TOPUP_COOLDOWN_SECONDS", "600"))
 RESERVATION_MAX_TTL_SECONDS = 7 * 24 * 3600
 USAGE_BATCH_MAX = 1000
+# PostgreSQL: record a usage event in one statement when it can (usage/services/fast.py).
+USAGE_FAST_PATH = env_bool("USAGE_FAST_PATH", default=True)
 # bench/ (make bench): route the baseline endpoint /api/v1/bench/baseline. Never on in production.
 BENCH_ENDPOINTS = env_bool("BENCH_ENDPOINTS", default=False)
 

@@ -68,6 +68,8 @@ class Catalogue:
     blocked: set[tuple[int, int]] = field(default_factory=set)  # (plan_id, meter_id) that never draw credits
     plan_allowances: dict[int, tuple[AllowanceInfo, ...]] = field(default_factory=dict)
     allowances_by_id: dict[int, AllowanceInfo] = field(default_factory=dict)
+    # What other layers derive from this catalogue and keep as long as it lives (see usage.services.fast).
+    memo: dict[object, object] = field(default_factory=dict)
 
     def allowances_for(self, plan_id: int, meter_id: int) -> tuple[AllowanceInfo, ...]:
         return self.allowances.get((plan_id, meter_id), ())

@@ -249,7 +249,7 @@ class CreditBook:
         if count_spend and amount > 0:
             # Saturates at the largest storable amount: a month's spend can pass it over many lots,
             # and any cap is below it, so a cap check reads the same.
-            self.account.spend_month_total = min(self.account.spend_month_total + amount, _SPEND_TOTAL_MAX)
+            self.account.spend_month_total = min(self.account.spend_month_total + amount, SPEND_TOTAL_MAX)
             self._account_dirty = True
         return drawn
 
@@ -416,7 +416,8 @@ def flush_books(books: Iterable[CreditBook]) -> None:
 
 
 _NO_EXPIRY = datetime.max.replace(tzinfo=UTC)
-_SPEND_TOTAL_MAX = MAX_CREDITS - Decimal(1).scaleb(-CREDIT_PLACES)
+# A month's spend saturates here (see CreditBook.draw).
+SPEND_TOTAL_MAX = MAX_CREDITS - Decimal(1).scaleb(-CREDIT_PLACES)
 _ENTRY_COLUMNS = [
     ("organization_id", "bigint"),
     ("lot_id", "bigint"),

@@ -16,10 +16,11 @@ from decimal import Decimal
 from typing import Any
 
 from django.conf import settings
-from django.db import connection
+from django.db import connection, transaction
 
 from accounts.models import Role
 from accounts.selectors import membership_role
+from billing.services.autotopup import auto_topup_enqueue_on_commit
 from billing.services.book import Entry
 from core.money import ZERO, format_decimal
 from core.sql import Sent, Update, atomic_pipeline, db_datetime, in_list, insert_rows
@@ -27,6 +28,7 @@ from plans.periods import month_start
 from plans.selectors import Catalogue, catalogue
 from usage.messages import limit_reached_message, spend_cap_message
 from usage.models import Decision, EventKind
+from usage.services import fast
 from usage.services.engine import Engine, Evaluation, OrgState
 
 
@@ -41,11 +43,37 @@ class UsageInput:
     user_id: int | None = None
 
 
-@dataclass(slots=True)
 class Outcome:
-    status: int
-    body: dict[str, Any]
-    replayed: bool = False
+    """An answer: HTTP status and body. A body the database wrote (usage.services.fast) comes as JSON
+    text, `raw`, parsed only if `body` is read: the API sends the text as it is."""
+
+    __slots__ = ("_body", "raw", "replayed", "status")
+
+    def __init__(
+        self, status: int, body: dict[str, Any] | None = None, replayed: bool = False, *, raw: str | None = None
+    ):
+        self.status = status
+        self._body = body
+        self.replayed = replayed
+        self.raw = raw
+
+    @property
+    def body(self) -> dict[str, Any]:
+        if self._body is None:
+            self._body = json.loads(self.raw) if self.raw is not None else {}
+        return self._body
+
+    @body.setter
+    def body(self, value: dict[str, Any]) -> None:
+        self._body, self.raw = value, None
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Outcome):
+            return NotImplemented
+        return (self.status, self.body, self.replayed) == (other.status, other.body, other.replayed)
+
+    def __repr__(self) -> str:
+        return f"Outcome({self.status}, {self.body!r}, replayed={self.replayed})"
 
 
 def request_hash(item: UsageInput, kind: str = "usage") -> str:
@@ -300,6 +328,16 @@ def _with_id(event_id: int, body: dict[str, Any]) -> dict[str, Any]:
 ORGS_PER_TRANSACTION = 200  # a batch over more organizations commits in groups of this many
 
 
+def usage_record(*, item: UsageInput, now: datetime) -> Outcome:
+    """Record one usage event: in one statement when the database can decide it (usage.services.fast),
+    else by the engine."""
+    if fast.fast_path_enabled():
+        answer = fast.record_one(item=item, digest=request_hash(item), catalog=catalogue(), now=now)
+        if answer is not None:
+            return _outcome(item.organization_id, answer)
+    return usage_record_batch(items=[item], now=now)[0]
+
+
 def usage_record_batch(*, items: list[UsageInput], now: datetime) -> list[Outcome]:
     """Decide and record every item, in order. One outcome per item.
 
@@ -330,7 +368,44 @@ def usage_record_batch(*, items: list[UsageInput], now: datetime) -> list[Outcom
 
 
 def _record_group(items: list[UsageInput], digests: list[str], *, now: datetime, catalog: Catalogue) -> list[Outcome]:
-    """Decide and record these items (of few enough organizations) in one transaction."""
+    """Decide and record these items (of few enough organizations) in one transaction: in the
+    database where it can (usage.services.fast), the rest by the engine, in the same transaction."""
+    if not fast.fast_path_enabled():
+        return _engine_group(items, digests, now=now, catalog=catalog)
+    with transaction.atomic():
+        answers, balances = fast.record_many(items=items, digests=digests, catalog=catalog, now=now)
+        rest = [index for index, answer in enumerate(answers) if answer is None]
+        decided = (
+            _engine_group(
+                [items[i] for i in rest], [digests[i] for i in rest], now=now, catalog=catalog, balances_before=balances
+            )
+            if rest
+            else []
+        )
+    outcomes: list[Outcome] = []
+    by_engine = iter(decided)
+    for item, answer in zip(items, answers, strict=True):
+        outcomes.append(next(by_engine) if answer is None else _outcome(item.organization_id, answer))
+    return outcomes
+
+
+def _outcome(organization_id: int, answer: fast.Answer) -> Outcome:
+    if answer.topup:
+        auto_topup_enqueue_on_commit(organization_id)  # the balance crossed the minimum; the task dedupes
+    return Outcome(answer.status, replayed=answer.replayed, raw=answer.body)
+
+
+def _engine_group(
+    items: list[UsageInput],
+    digests: list[str],
+    *,
+    now: datetime,
+    catalog: Catalogue,
+    balances_before: dict[int, Decimal] | None = None,
+) -> list[Outcome]:
+    """Decide and record these items (of few enough organizations) by the engine, in one transaction.
+    `balances_before`: the organizations' balances before the batch, when the database decided its
+    first events (usage.services.fast): the engine's notices and auto top-up compare with those."""
     meters_by_key = catalog.meters_by_key
     meter_ids = {meter.id for item in items if (meter := meters_by_key.get(item.meter)) is not None}
     org_ids = sorted({item.organization_id for item in items})
@@ -341,6 +416,9 @@ def _record_group(items: list[UsageInput], digests: list[str], *, now: datetime,
         sent_stored = stored_events_send(pairs={(i.organization_id, i.idempotency_key) for i in items})
         sent_ids = event_ids_send(len(items))
         engine.load()
+        for org_id, balance in (balances_before or {}).items():
+            if (st := engine.state(org_id)) is not None:
+                st.balance_at_load = balance
         stored = stored_events_read(sent_stored)
         event_ids = [row[0] for row in sent_ids.rows()] if sent_ids is not None else None
         outcomes: list[Outcome] = []
@@ -413,10 +491,6 @@ def _record_group(items: list[UsageInput], digests: list[str], *, now: datetime,
             outcomes[index] = Outcome(first.status, first.body, True)
         engine.flush()
     return outcomes
-
-
-def usage_record(*, item: UsageInput, now: datetime) -> Outcome:
-    return usage_record_batch(items=[item], now=now)[0]
 
 
 def usage_authorize(
