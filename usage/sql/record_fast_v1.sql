@@ -326,7 +326,7 @@ CREATE OR REPLACE FUNCTION usage_record_fast_batch(
     p_spend_max numeric
 ) RETURNS TABLE (idx integer, status integer, body text, replayed boolean, topup boolean,
                 start_balance numeric)
-LANGUAGE plpgsql SET plan_cache_mode = force_generic_plan AS $$
+LANGUAGE plpgsql SET plan_cache_mode = force_generic_plan SET enable_seqscan = off AS $$
 DECLARE
     -- The events, unpacked from p_events: [[organization, meter, "quantity", key, hash, metadata, user,
     -- occurred_at, round], ...] (one JSON value: cheaper to send and to read than nine arrays).
