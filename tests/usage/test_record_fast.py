@@ -244,8 +244,8 @@ def build(world: WorldSpec) -> Built:
         org = make_org(plan=plan)
         # make_org's account carries the wall clock; from here on every write carries a `now` of ours.
         CreditAccount.objects.filter(organization=org).update(updated_at=T0)
-        for spec in world.grants:
-            grant(org.pk, spec, now=T0)
+        for grant_spec in world.grants:
+            grant(org.pk, grant_spec, now=T0)
         if world.spend_cap is not None:
             spend_cap_set(organization_id=org.pk, cap=world.spend_cap, now=T0)
         if world.topup_min is not None:

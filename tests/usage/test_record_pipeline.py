@@ -46,6 +46,8 @@ def engine_path(settings):
     """These tests are about the engine's pipelined transaction: usage_record takes it, not the
     one-statement fast path (tests/usage/test_record_fast.py covers that one)."""
     settings.USAGE_FAST_PATH = False
+
+
 U = TypeVar("U")
 
 
