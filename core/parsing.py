@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
@@ -95,6 +96,11 @@ def get_str(data: dict[str, Any], field: str, *, required: bool = True, max_leng
         raise invalid(field, "must be a string")
     if "\x00" in value:
         raise invalid(field, "must not contain NUL characters")
+    if not value.isascii():
+        try:
+            value.encode()
+        except UnicodeEncodeError:  # a lone surrogate ("\ud800"): no database can store it
+            raise invalid(field, "must be valid Unicode") from None
     value = value.strip()
     if len(value) > max_length:
         raise invalid(field, f"must be at most {max_length} characters")
@@ -162,6 +168,10 @@ def get_metadata(data: dict[str, Any], field: str = "metadata", *, max_bytes: in
         raise invalid(field, f"must be at most {max_bytes} characters")
     if _has_nul(value):  # PostgreSQL's jsonb refuses \u0000
         raise invalid(field, "must not contain NUL characters")
+    try:  # nor does it take Infinity/NaN (DRF parses 1e400 as inf) or a lone surrogate ("\ud800")
+        json.dumps(value, allow_nan=False, ensure_ascii=False).encode()
+    except (ValueError, UnicodeEncodeError):
+        raise invalid(field, "must hold only finite numbers and valid Unicode") from None
     return value
 
 

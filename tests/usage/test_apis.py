@@ -845,3 +845,37 @@ def test_entitlements_of_an_unknown_organization_is_404(world, service_client):
         response = service_client.get(f"/api/v1/organizations/{org_id}/entitlements")
         assert response.status_code == 404
         assert response.json()["error"]["code"] == "organization_not_found"
+
+
+@pytest.mark.parametrize(
+    ("extra", "field", "message"),
+    [
+        ('"metadata": {"x": 1e400}', "metadata", "must hold only finite numbers and valid Unicode"),
+        ('"metadata": {"x": [-1e999]}', "metadata", "must hold only finite numbers and valid Unicode"),
+        ('"metadata": {"x": "\\ud800"}', "metadata", "must hold only finite numbers and valid Unicode"),
+        ('"metadata": {"\\udfff": 1}', "metadata", "must hold only finite numbers and valid Unicode"),
+        ('"meter": "codex\\ud800"', "meter", "must be valid Unicode"),
+    ],
+)
+def test_usage_input_the_database_cannot_store_is_400(world, service_client, extra, field, message):
+    # Given JSON that parses (1e400 becomes infinity, "\ud800" a lone surrogate) but that jsonb and
+    # UTF-8 cannot hold
+    base = json.dumps({k: v for k, v in world.usage("1").items() if k != field})
+    raw = base[:-1] + ", " + extra + "}"
+
+    # When it is posted, alone and in a batch
+    single = service_client.post("/api/v1/usage", raw, content_type="application/json", HTTP_IDEMPOTENCY_KEY="k")
+    batch = service_client.post(
+        "/api/v1/usage/batch",
+        '{"events": [' + raw[:-1] + ', "idempotency_key": "b1"}]}',
+        content_type="application/json",
+        HTTP_IDEMPOTENCY_KEY="kb",
+    )
+
+    # Then both are refused with the field named, and nothing is written
+    assert single.status_code == 400
+    assert single.json()["error"] == {"code": "validation_error", "message": f"{field}: {message}", "field": field}
+    assert batch.status_code == 200
+    [result] = batch.json()["results"]
+    assert (result["status"], result["body"]["error"]["field"]) == (400, field)
+    assert UsageEvent.objects.count() == 0

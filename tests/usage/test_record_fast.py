@@ -19,14 +19,17 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections import Counter
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import pytest
-from django.db import transaction
+from django.conf import settings as settings_module
+from django.db import connection, transaction
 from django.test import override_settings
 from django.utils import translation
 from hypothesis import HealthCheck, example, given
@@ -848,3 +851,42 @@ def test_windows_are_named_in_the_request_language_and_notices_in_the_site_langu
     again = by_function(org, meter, 0.5, "k2")
     assert again is not None
     assert again.body["windows"][0]["window"] == "5 hours"
+
+
+def test_a_batch_past_sixteen_events_of_one_organization_is_finished_by_the_engine_as_the_engine_would(settings):
+    # Given twin organizations with 10 included a window and 100 credits (5 a unit)
+    meter, _, fast_org, engine_org = rolling_setup(limit="10", credits="100")
+    batch = [("1", f"k{i}") for i in range(20)] + [("1", "k3")]  # 20 events, then a replay of the 4th
+
+    # When one batch of 21 events for one organization goes through each path
+    fast_outcomes = usage_record_batch(items=[item(fast_org, meter, q, k) for q, k in batch], now=NOW)
+    by_database = [o.raw is not None for o in fast_outcomes]  # before `body` is read (it parses `raw`)
+    settings.USAGE_FAST_PATH = False
+    engine_outcomes = usage_record_batch(items=[item(engine_org, meter, q, k) for q, k in batch], now=NOW)
+
+    # Then the answers and the rows are the same: the function decides the first 16, the engine the rest
+    assert [normal_outcome(o, fast_org.pk) for o in fast_outcomes] == [
+        normal_outcome(o, engine_org.pk) for o in engine_outcomes
+    ]
+    assert by_database == [True] * 16 + [False] * 5
+    assert everything(fast_org) == everything(engine_org)
+    assert [o.body.get("credits_charged") for o in fast_outcomes[9:12]] == ["0", "5", "5"]
+
+
+def _functions_in_file() -> dict[str, str]:
+    text = (Path(settings_module.BASE_DIR) / "usage" / "sql" / "record_fast_v1.sql").read_text()
+    return dict(re.findall(r"CREATE OR REPLACE FUNCTION (\w+)\(.*?AS \$\$(.*?)\$\$;", text, re.S))
+
+
+def test_the_database_holds_the_functions_the_sql_file_defines():
+    # Given the functions the SQL file defines (a migration installs it; a change needs a new one)
+    defined = _functions_in_file()
+    assert set(defined) == {"flex_iso", "usage_record_fast", "usage_record_fast_batch"}
+
+    # When the database is asked for their source
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT proname, prosrc FROM pg_proc WHERE proname = ANY(%s)", [list(defined)])
+        installed = dict(cursor.fetchall())
+
+    # Then it holds exactly that source
+    assert installed == defined

@@ -29,7 +29,7 @@ def uninstall(apps, schema_editor):
             "DROP FUNCTION IF EXISTS usage_record_fast_batch(jsonb, timestamptz, jsonb, numeric, numeric);"
             " DROP FUNCTION IF EXISTS usage_record_fast(bigint, bigint, text, numeric, numeric, text, text, jsonb,"
             " bigint, timestamptz, timestamptz, jsonb, numeric, numeric);"
-            " DROP FUNCTION IF EXISTS flex_iso(timestamptz); DROP FUNCTION IF EXISTS flex_dec(numeric);"
+            " DROP FUNCTION IF EXISTS flex_iso(timestamptz);"
         )
 
 

@@ -96,13 +96,11 @@ def record_many(*, items: Sequence[UsageInput], digests: Sequence[str], catalog:
     """Decide and write these events (inside the caller's transaction), one answer per event, in
     order; None for the events the engine must decide (in order, in the same transaction)."""
     meters: dict[int, MeterInfo] = {}
-    rounds: dict[int, int] = {}
     events = []
     for item, digest in zip(items, digests, strict=True):
         meter = catalog.meters_by_key.get(item.meter)
         if meter is not None:
             meters[meter.id] = meter
-        rounds[item.organization_id] = round_ = rounds.get(item.organization_id, 0) + 1
         events.append(
             [
                 item.organization_id,
@@ -113,7 +111,6 @@ def record_many(*, items: Sequence[UsageInput], digests: Sequence[str], catalog:
                 item.metadata,
                 item.user_id,
                 None if item.occurred_at is None else item.occurred_at.isoformat(),
-                round_,
             ]
         )
     meters_json = "{" + ",".join(f'"{m.id}": {_meter_json(catalog, m)}' for m in meters.values()) + "}"
@@ -134,7 +131,8 @@ def record_many(*, items: Sequence[UsageInput], digests: Sequence[str], catalog:
     for index, status, body, replayed, topup, start_balance in rows:
         if status is not None:
             answers[index - 1] = Answer(status, body, replayed, topup)
-        balances[items[index - 1].organization_id] = start_balance
+        if start_balance is not None:  # None: no credit account (the engine answers 404)
+            balances[items[index - 1].organization_id] = start_balance
     return Batch(answers, balances)
 
 

@@ -1,9 +1,13 @@
 """Record usage (single and batch) and preflight it.
 
+On PostgreSQL the database decides first (usage.services.fast: one statement for one event, a few
+for a batch); what it leaves comes back undecided and unwritten, and the engine (usage.services.engine)
+decides it, in the same transaction for a batch. Elsewhere (SQLite) the engine decides everything.
+
 Idempotency: each event carries a key unique per organization. Inside the locked transaction the
-stored events for the batch's keys are read once; a key seen before with the same request hash
-replays the stored status and body, with another hash it is refused (422). Denied decisions are
-stored too. Two requests with one key cannot both pass the check: they lock the same account.
+stored events for the keys are read; a key seen before with the same request hash replays the stored
+status and body, with another hash it is refused (422). Denied decisions are stored too. Two
+requests with one key cannot both pass the check: they lock the same account.
 """
 
 from __future__ import annotations
@@ -61,6 +65,7 @@ class Outcome:
     def body(self) -> dict[str, Any]:
         if self._body is None:
             self._body = json.loads(self.raw) if self.raw is not None else {}
+            self.raw = None  # the dict is the answer now: a change made to it is sent
         return self._body
 
     @body.setter
@@ -331,11 +336,12 @@ ORGS_PER_TRANSACTION = 200  # a batch over more organizations commits in groups 
 def usage_record(*, item: UsageInput, now: datetime) -> Outcome:
     """Record one usage event: in one statement when the database can decide it (usage.services.fast),
     else by the engine."""
+    digest, catalog = request_hash(item), catalogue()
     if fast.fast_path_enabled():
-        answer = fast.record_one(item=item, digest=request_hash(item), catalog=catalogue(), now=now)
+        answer = fast.record_one(item=item, digest=digest, catalog=catalog, now=now)
         if answer is not None:
             return _outcome(item.organization_id, answer)
-    return usage_record_batch(items=[item], now=now)[0]
+    return _engine_group([item], [digest], now=now, catalog=catalog)[0]
 
 
 def usage_record_batch(*, items: list[UsageInput], now: datetime) -> list[Outcome]:
@@ -409,8 +415,9 @@ def _engine_group(
     meters_by_key = catalog.meters_by_key
     meter_ids = {meter.id for item in items if (meter := meters_by_key.get(item.meter)) is not None}
     org_ids = sorted({item.organization_id for item in items})
-    # Three exchanges with PostgreSQL: BEGIN; the lock with every read (sent together, they run in
-    # order once the lock is granted); every write with the COMMIT (core.sql.atomic_pipeline).
+    # Three exchanges with PostgreSQL: BEGIN (a savepoint inside _record_group's transaction); the
+    # lock with every read (sent together, they run in order once the lock is granted); every write
+    # with the COMMIT (core.sql.atomic_pipeline).
     with atomic_pipeline():
         engine = Engine(org_ids, now=now, meters=meter_ids, with_lots=True, load=False, catalog=catalog)
         sent_stored = stored_events_send(pairs={(i.organization_id, i.idempotency_key) for i in items})

@@ -1,15 +1,23 @@
--- usage_record_fast: the common case of POST /api/v1/usage as one statement (PostgreSQL only).
+-- Usage decided in the database (PostgreSQL only): usage_record_fast for one event,
+-- usage_record_fast_batch for many. Python face: usage/services/fast.py.
 --
--- The same decision as usage.services.engine, for the case that needs nothing else: lock the
--- organization's credit account, replay a stored answer or decide from windows and lots, write
--- the event, windows, lots, ledger, account and notices, and answer. Called in autocommit, it is
--- a whole transaction and the lock is held for this statement only.
+-- They make the same decision as usage.services.engine for the common case, and write what it
+-- writes: lock the organization's credit account, replay a stored answer or decide from windows and
+-- lots, write the event, windows, lots, ledger, account and notices, answer. Anything else comes back
+-- with status NULL having written nothing, and the engine decides it: a denial (its message depends on
+-- role and language), a key reused with another body, a replay that would be the account's first
+-- write of a new month, a period window not yet opened (period arithmetic lives in plans/periods.py),
+-- a lot or hold expiry that is due, no credit account, a meter or plan the caller's catalogue does not
+-- know. tests/usage/test_record_fast.py runs the same operations through both and compares.
 --
--- Anything else returns status NULL having written nothing, and the caller runs the Python engine
--- (usage.services.record), which decides exactly the same way: a denial (its message depends on
--- role and language), a key reused with another body, a period window not yet opened (period
--- arithmetic lives in plans/periods.py), a lot or hold expiry that is due, no credit account.
--- tests/usage/test_record_fast.py runs the same operations through both and compares.
+-- Rules for changing this file:
+--   * The waterfall lives in three places: engine.py, and the two functions here. A rule changed in
+--     one changes in all three, and the differential tests must pass.
+--   * This file is installed by migration usage 0005. Once that has landed, it is frozen: a change
+--     is a new file (record_fast_v2.sql) and a new migration that installs it.
+--     tests/usage/test_record_fast.py checks that the database holds what this file says.
+--   * The functions stay VOLATILE (the default): each statement inside then reads with a snapshot
+--     taken after the account lock was granted, as the engine's pipelined reads do.
 --
 -- p_plans (built and cached by usage.services.fast): for every plan, its key, whether it blocks
 -- credits for this meter, and this meter's allowances in the engine's order, each with its label
@@ -17,6 +25,7 @@
 --   {"<plan id>": {"key": "plus", "blocked": false,
 --                  "allowances": [{"id": 1, "limit": "50", "kind": "rolling", "seconds": 18000,
 --                                  "label": "5 hours", "site_label": "5 hours"}]}}
+-- Decimals are written as trim_scale(x)::text, which is core.money.format_decimal for 4-place values.
 
 CREATE OR REPLACE FUNCTION flex_iso(t timestamptz) RETURNS text
 LANGUAGE sql STABLE PARALLEL SAFE AS $$
@@ -27,12 +36,8 @@ LANGUAGE sql STABLE PARALLEL SAFE AS $$
         || '+00:00'
 $$;
 
-CREATE OR REPLACE FUNCTION flex_dec(v numeric) RETURNS text
-LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
-    -- core.money.format_decimal: exact, no trailing zeros ("12.5", "100", "0").
-    SELECT CASE WHEN v = 0 THEN '0' ELSE trim_scale(v)::text END
-$$;
-
+-- usage_record_fast: one event (POST /api/v1/usage) as one statement. Called in autocommit, the
+-- statement is the whole transaction and holds the lock for no longer than itself.
 CREATE OR REPLACE FUNCTION usage_record_fast(
     p_org bigint,
     p_meter bigint,
@@ -98,7 +103,6 @@ DECLARE
     v_windows jsonb := '[]';
     v_lots jsonb := '[]';
     v_body jsonb;
-    v_mark numeric;
     pct integer;
 BEGIN
     replayed := false;
@@ -211,27 +215,27 @@ BEGIN
             'allowance', w_allowance[i],
             'window', w_label[i],
             'kind', w_kind[i],
-            'limit', flex_dec(w_limit[i]),
-            'used', flex_dec(w_after[i]),
-            'remaining', flex_dec(greatest(w_limit[i] - w_after[i], 0)),
+            'limit', trim_scale(w_limit[i])::text,
+            'used', trim_scale(w_after[i])::text,
+            'remaining', trim_scale(greatest(w_limit[i] - w_after[i], 0))::text,
             'starts_at', CASE WHEN w_id[i] IS NOT NULL OR w_after[i] > 0 OR w_kind[i] = 'period'
                               THEN flex_iso(w_start[i]) END,
             'resets_at', CASE WHEN w_id[i] IS NOT NULL OR w_after[i] > 0 OR w_kind[i] = 'period'
                               THEN flex_iso(w_end[i]) END);
     END LOOP;
     FOR i IN 1 .. coalesce(array_length(l_id, 1), 0) LOOP
-        v_lots := v_lots || jsonb_build_object('lot', l_id[i], 'credits', flex_dec(l_take[i]));
+        v_lots := v_lots || jsonb_build_object('lot', l_id[i], 'credits', trim_scale(l_take[i])::text);
     END LOOP;
     v_body := jsonb_build_object(
         'decision', 'allowed',
         'organization', p_org,
         'meter', p_meter_key,
-        'quantity', flex_dec(p_quantity),
-        'from_allowance', flex_dec(v_from_allowance),
-        'credits_charged', flex_dec(v_cost),
+        'quantity', trim_scale(p_quantity)::text,
+        'from_allowance', trim_scale(v_from_allowance)::text,
+        'credits_charged', trim_scale(v_cost)::text,
         'windows', v_windows,
         'lots', v_lots,
-        'credits', jsonb_build_object('balance', flex_dec(v_balance)),
+        'credits', jsonb_build_object('balance', trim_scale(v_balance)::text),
         'plan', v_plan ->> 'key');
 
     -- Writes: the event, windows, lots with their ledger entries, the account, notices.
@@ -252,14 +256,13 @@ BEGIN
             END IF;
             IF w_limit[i] > 0 THEN  -- Engine._notices: crossing 50, 80 or 100 % of a window
                 FOREACH pct IN ARRAY ARRAY[50, 80, 100] LOOP
-                    v_mark := w_limit[i] * pct / 100;
-                    IF w_used[i] < v_mark AND v_mark <= w_after[i] THEN
+                    IF w_used[i] * 100 < w_limit[i] * pct AND w_limit[i] * pct <= w_after[i] * 100 THEN  -- exact
                         INSERT INTO usage_notice (organization_id, kind, dedupe_key, payload, created_at)
                         VALUES (p_org, 'window_threshold', w_allowance[i] || ':' || flex_iso(w_start[i]) || ':' || pct,
                                 jsonb_build_object('percent', pct, 'meter_id', p_meter,
                                                    'window', w_site_label[i], 'window_kind', w_kind[i],
                                                    'window_seconds', w_seconds[i],
-                                                   'limit', flex_dec(w_limit[i]), 'resets_at', flex_iso(w_end[i])),
+                                                   'limit', trim_scale(w_limit[i])::text, 'resets_at', flex_iso(w_end[i])),
                                 p_now)
                         ON CONFLICT DO NOTHING;
                     END IF;
@@ -291,7 +294,7 @@ BEGIN
     ELSIF acct.balance >= p_low_balance AND p_low_balance > v_balance THEN
         INSERT INTO usage_notice (organization_id, kind, dedupe_key, payload, created_at)
         VALUES (p_org, 'credits_low', to_char(p_now AT TIME ZONE 'UTC', 'YYYY-MM-DD'),
-                jsonb_build_object('balance', flex_dec(v_balance), 'threshold', flex_dec(p_low_balance)), p_now)
+                jsonb_build_object('balance', trim_scale(v_balance)::text, 'threshold', trim_scale(p_low_balance)::text), p_now)
         ON CONFLICT DO NOTHING;
     END IF;
     topup := COALESCE(acct.auto_topup_enabled AND acct.balance >= acct.auto_topup_min_balance
@@ -305,14 +308,15 @@ $$;
 -- usage_record_fast_batch: the same decision for many events at once (POST /api/v1/usage/batch).
 --
 -- Locks every organization of the batch (in id order, as every writer does), then decides and
--- writes in rounds: round k holds each organization's k-th event (p_round, numbered by the caller),
--- so within a round no two events share an organization and one statement decides and writes the
--- whole round; the next round's statement sees what this one wrote. An event the engine must
--- decide (status NULL, nothing written) takes its organization's later events with it: the caller
--- runs them through the engine, in order, in the same transaction.
+-- writes in rounds: round k holds each organization's k-th event, so within a round no two events
+-- share an organization (two updates of one row in one statement would lose one) and one statement
+-- decides and writes the whole round; the next round's statement sees what this one wrote. An event
+-- the engine must decide (status NULL, nothing written) takes its organization's later events with
+-- it: the caller runs them through the engine, in order, in the same transaction. So do events past
+-- the 16th of one organization: a statement per round would cost more than the engine's memory.
 --
 -- p_events: [[organization, meter id, "quantity", key, request hash, metadata, user or null,
---             occurred_at or null, round], ...]
+--             occurred_at or null], ...]
 -- p_meters: {"<meter id>": {"key": "codex.local_task", "cpu": "5", "plans": <p_plans above>}}.
 -- Returns one row per event it reached: its position (1-based), status (NULL: the engine's), body,
 -- replayed, whether the batch took the organization's balance across the auto top-up minimum (on its
@@ -321,15 +325,15 @@ $$;
 CREATE OR REPLACE FUNCTION usage_record_fast_batch(
     p_events jsonb,
     p_now timestamptz,
-    e_meters jsonb,
+    p_meters jsonb,
     p_low_balance numeric,
     p_spend_max numeric
 ) RETURNS TABLE (idx integer, status integer, body text, replayed boolean, topup boolean,
                 start_balance numeric)
 LANGUAGE plpgsql SET plan_cache_mode = force_generic_plan SET enable_seqscan = off AS $$
 DECLARE
-    -- The events, unpacked from p_events: [[organization, meter, "quantity", key, hash, metadata, user,
-    -- occurred_at, round], ...] (one JSON value: cheaper to send and to read than nine arrays).
+    -- The events, unpacked from p_events (one JSON value: cheaper to send and to read than arrays),
+    -- with each one's round: its place among its organization's events.
     e_org bigint[];
     e_meter bigint[];
     e_quantity numeric[];
@@ -340,6 +344,7 @@ DECLARE
     e_occurred_at timestamptz[];
     e_round integer[];
     v_rounds integer;
+    v_beyond bigint[];  -- organizations with events past the last round: the engine finishes them
     v_month date := (date_trunc('month', p_now AT TIME ZONE 'UTC'))::date;
     v_seq regclass := pg_get_serial_sequence('usage_usageevent', 'id')::regclass;
     v_fallen bigint[] := '{}';
@@ -372,9 +377,11 @@ BEGIN
            array_agg((t.v ->> 2)::numeric ORDER BY t.n), array_agg(t.v ->> 3 ORDER BY t.n),
            array_agg(t.v ->> 4 ORDER BY t.n), array_agg(t.v -> 5 ORDER BY t.n),
            array_agg((t.v ->> 6)::bigint ORDER BY t.n), array_agg((t.v ->> 7)::timestamptz ORDER BY t.n),
-           array_agg((t.v ->> 8)::integer ORDER BY t.n), max((t.v ->> 8)::integer)
-      INTO e_org, e_meter, e_quantity, e_key, e_hash, e_metadata, e_user, e_occurred_at, e_round, v_rounds
-      FROM jsonb_array_elements(p_events) WITH ORDINALITY AS t(v, n);
+           array_agg(t.rnd ORDER BY t.n), least(max(t.rnd), 16),
+           array_agg(DISTINCT (t.v ->> 0)::bigint) FILTER (WHERE t.rnd > 16)
+      INTO e_org, e_meter, e_quantity, e_key, e_hash, e_metadata, e_user, e_occurred_at, e_round, v_rounds, v_beyond
+      FROM (SELECT e.v, e.n, row_number() OVER (PARTITION BY e.v ->> 0 ORDER BY e.n)::integer AS rnd
+              FROM jsonb_array_elements(p_events) WITH ORDINALITY AS e(v, n)) t;
 
     SELECT array_agg(a.organization_id), array_agg(a.balance) INTO v_orgs, v_start
       FROM (SELECT c.organization_id, c.balance FROM billing_creditaccount c WHERE c.organization_id = ANY (e_org)
@@ -397,11 +404,12 @@ BEGIN
                 CONTINUE;
             END IF;
         END IF;
-        -- Planned for this round's arrays (plan_cache_mode below): a generic plan would guess their
-        -- length, and nest loops over the steps below as if each had one row.
+        -- One plan for every call (plan_cache_mode = force_generic_plan, above): a plan for each
+        -- call's arrays cost more to make than to run. Without sequential scans (enable_seqscan =
+        -- off): this statement reads a handful of rows per event, by index.
         WITH e AS (
             SELECT t.idx, t.org, t.meter, t.qty, t.key, t.hash, t.meta, t.usr, t.occurred,
-                   e_meters -> t.meter::text AS m
+                   p_meters -> t.meter::text AS m
               FROM unnest(r_idx, r_org, r_meter, r_quantity, r_key, r_hash, r_metadata, r_user, r_occurred_at)
                    AS t(idx, org, meter, qty, key, hash, meta, usr, occurred)
         ), a AS (  -- the account, plan and any stored answer, read after the lock
@@ -414,8 +422,12 @@ BEGIN
               FROM e
               LEFT JOIN billing_creditaccount acc ON acc.organization_id = e.org
               LEFT JOIN plans_subscription sub ON sub.organization_id = e.org
-              LEFT JOIN usage_usageevent st
-                     ON st.organization_id = e.org AND st.kind = 'usage' AND st.idempotency_key = e.key
+              -- A lookup by index per event, whatever the statistics say: OFFSET 0 keeps the planner
+              -- from making it a join that reads every event (it did, with statistics taken while the
+              -- table was small, and the batch took seconds). The same for lots below.
+              LEFT JOIN LATERAL (SELECT x.id, x.request_hash, x.http_status, x.response FROM usage_usageevent x
+                                  WHERE x.organization_id = e.org AND x.kind = 'usage'
+                                    AND x.idempotency_key = e.key OFFSET 0) st ON true
         ), w AS (  -- each event's windows, as in usage_record_fast
             SELECT a.idx, al.ord, (al.v ->> 'id')::bigint AS allowance, al.v ->> 'kind' AS kind,
                    (al.v ->> 'seconds')::integer AS seconds, al.v ->> 'label' AS label,
@@ -451,9 +463,9 @@ BEGIN
                    sum(l.remaining) OVER draw - l.remaining AS before,
                    row_number() OVER draw AS pos
               FROM c2
-              JOIN billing_creditlot l
-                ON l.organization_id = c2.org AND l.is_open AND l.effective_at <= p_now
-               AND (l.expires_at IS NULL OR l.expires_at > p_now)
+             CROSS JOIN LATERAL (SELECT o.* FROM billing_creditlot o
+                                  WHERE o.organization_id = c2.org AND o.is_open AND o.effective_at <= p_now
+                                    AND (o.expires_at IS NULL OR o.expires_at > p_now) OFFSET 0) l
              WHERE c2.stored_id IS NULL AND c2.needs_credits AND NOT c2.blocked AND c2.balance > 0
             WINDOW draw AS (PARTITION BY c2.idx
                             ORDER BY l.priority, l.expires_at NULLS LAST, l.category <> 'promotional', l.created_at, l.id)
@@ -555,7 +567,7 @@ BEGIN
                    p_now
               FROM w JOIN dd ON dd.idx = w.idx CROSS JOIN unnest(ARRAY[50, 80, 100]) AS pct
              WHERE dd.fresh AND dd.from_allowance > 0 AND w."limit" > 0
-               AND w.used < w."limit" * pct / 100 AND w."limit" * pct / 100 <= w.used + dd.from_allowance
+               AND w.used * 100 < w."limit" * pct AND w."limit" * pct <= (w.used + dd.from_allowance) * 100
             ON CONFLICT DO NOTHING
         )
         SELECT array_agg(dd.idx), array_agg(dd.org), array_agg(dd.status),
@@ -589,7 +601,7 @@ BEGIN
                acc.auto_topup_min_balance
           FROM unnest(v_orgs, v_start) AS t(org, before)
           JOIN billing_creditaccount acc ON acc.organization_id = t.org
-         WHERE t.org <> ALL (v_fallen) AND acc.balance <> t.before
+         WHERE t.org <> ALL (v_fallen) AND t.org <> ALL (COALESCE(v_beyond, '{}')) AND acc.balance <> t.before
     ), ins_notice AS (
         INSERT INTO usage_notice (organization_id, kind, dedupe_key, payload, created_at)
         SELECT m.org, 'credits_depleted', to_char(p_now AT TIME ZONE 'UTC', 'YYYY-MM-DD'), '{"balance": "0"}', p_now
