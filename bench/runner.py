@@ -14,7 +14,8 @@ Knobs (environment): BENCH_DATABASE_URL (its database name must contain "bench";
 created again), BENCH_TEMPLATE_DB (copy this migrated database instead of migrating from zero;
 default flexdev), BENCH_DURATION, BENCH_WARMUP, BENCH_WORKERS, BENCH_WORKER_CLASS (sync|gthread),
 BENCH_THREADS_PER_WORKER, BENCH_CONNECTIONS, BENCH_BATCH_CONNECTIONS, BENCH_BATCH_ORGS, BENCH_PHASES (e.g. "a,b"),
-BENCH_REUSE_DB=1 (skip drop/create/seed; for tuning only).
+BENCH_REUSE_DB=1 (skip drop/create/seed; for tuning only), BENCH_VACUUM_SECONDS (the autovacuum stand-in's
+period when the server's autovacuum is off; 0: none).
 """
 
 from __future__ import annotations
