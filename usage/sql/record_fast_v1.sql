@@ -57,7 +57,7 @@ CREATE OR REPLACE FUNCTION usage_record_fast(
     OUT body text,
     OUT replayed boolean,
     OUT topup boolean
-) LANGUAGE plpgsql AS $$
+) LANGUAGE plpgsql SET plan_cache_mode = force_generic_plan AS $$  -- lookups by key: one plan each, made once
 DECLARE
     acct billing_creditaccount%ROWTYPE;
     stored record;
