@@ -410,16 +410,20 @@ BEGIN
         -- One plan for every call (plan_cache_mode = force_generic_plan, above): a plan for each
         -- call's arrays cost more to make than to run. Without sequential scans (enable_seqscan =
         -- off): this statement reads a handful of rows per event, by index.
-        WITH e AS (
+        WITH e AS (  -- meter_key is NULL for a meter p_meters does not hold
             SELECT t.idx, t.org, t.meter, t.qty, t.key, t.hash, t.meta, t.usr, t.occurred,
-                   p_meters -> t.meter::text AS m
+                   p_meters -> t.meter::text ->> 'key' AS meter_key,
+                   (p_meters -> t.meter::text ->> 'cpu')::numeric AS cpu,
+                   p_meters -> t.meter::text -> 'plans' AS plans
               FROM unnest(r_idx, r_org, r_meter, r_quantity, r_key, r_hash, r_metadata, r_user, r_occurred_at)
                    AS t(idx, org, meter, qty, key, hash, meta, usr, occurred)
-        ), a AS (  -- the account, plan and any stored answer, read after the lock
-            SELECT e.*, acc.id AS acct_id, acc.balance, acc.spend_month, acc.spend_month_total,
+        ), a AS (  -- the account, plan and any stored answer, read after the lock (rows stay narrow:
+                   -- every step below copies them)
+            SELECT e.idx, e.org, e.meter, e.qty, e.key, e.hash, e.meta, e.usr, e.occurred, e.meter_key, e.cpu,
+                   acc.id AS acct_id, acc.balance, acc.spend_month, acc.spend_month_total,
                    acc.monthly_spend_cap, acc.next_lot_expiry, acc.next_hold_expiry,
                    acc.auto_topup_enabled, acc.auto_topup_min_balance,
-                   sub.plan_id, e.m -> 'plans' -> sub.plan_id::text AS plan,
+                   sub.plan_id, e.plans -> sub.plan_id::text AS plan,
                    st.id AS stored_id, st.request_hash AS stored_hash, st.http_status AS stored_status,
                    st.response AS stored_response
               FROM e
@@ -448,12 +452,12 @@ BEGIN
                        AND x."end" > p_now AND (x.start <= p_now OR al.v ->> 'kind' = 'rolling')
                      ORDER BY x.start <= p_now DESC, CASE WHEN x.start <= p_now THEN x.start END DESC, x.start
                      LIMIT 1) cw ON true
-             WHERE a.stored_id IS NULL AND a.m IS NOT NULL
+             WHERE a.stored_id IS NULL AND a.meter_key IS NOT NULL
         ), c AS (  -- the waterfall: the smallest room, then what the rest costs
             SELECT a.*, COALESCE(wr.missing, false) AS missing,
                    least(a.qty, COALESCE(wr.room, 0)) AS from_allowance,
                    a.qty - least(a.qty, COALESCE(wr.room, 0)) AS rest,
-                   round((a.qty - least(a.qty, COALESCE(wr.room, 0))) * (a.m ->> 'cpu')::numeric, 4) AS cost,
+                   round((a.qty - least(a.qty, COALESCE(wr.room, 0))) * a.cpu, 4) AS cost,
                    COALESCE((a.plan ->> 'blocked')::boolean, false) AS blocked,
                    CASE WHEN a.spend_month = v_month THEN a.spend_month_total ELSE 0 END AS spent
               FROM a
@@ -480,7 +484,7 @@ BEGIN
               FROM c2
               LEFT JOIN (SELECT lt.idx, sum(lt.remaining) AS available FROM lt GROUP BY lt.idx) av ON av.idx = c2.idx
              CROSS JOIN LATERAL (SELECT CASE
-                    WHEN c2.acct_id IS NULL OR c2.m IS NULL OR c2.next_lot_expiry <= p_now
+                    WHEN c2.acct_id IS NULL OR c2.meter_key IS NULL OR c2.next_lot_expiry <= p_now
                          OR c2.next_hold_expiry <= p_now OR (c2.plan_id IS NOT NULL AND c2.plan IS NULL) THEN NULL
                     WHEN c2.stored_id IS NOT NULL THEN  -- a replay (as usage_record_fast)
                          CASE WHEN c2.stored_hash = c2.hash AND c2.spend_month IS NOT DISTINCT FROM v_month
@@ -522,7 +526,7 @@ BEGIN
             SELECT dd.idx, jsonb_build_object(
                        'decision', 'allowed',
                        'organization', dd.org,
-                       'meter', dd.m ->> 'key',
+                       'meter', dd.meter_key,
                        'quantity', trim_scale(dd.qty)::text,
                        'from_allowance', trim_scale(dd.from_allowance)::text,
                        'credits_charged', trim_scale(dd.cost)::text,
