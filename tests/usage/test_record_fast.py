@@ -890,3 +890,41 @@ def test_the_database_holds_the_functions_the_sql_file_defines():
 
     # Then it holds exactly that source
     assert installed == defined
+
+
+def test_a_batch_over_several_organizations_is_answered_and_written_as_the_engine_does(settings):
+    # Given two pairs of twin organizations: one with 3 included a rolling window and 30 credits (5 a
+    # unit); one whose billing-period window is not open yet (the engine opens it) with 12 credits
+    meter_a, _, fast_a, engine_a = rolling_setup(limit="3", credits="30")
+    meter_b, _, fast_b, engine_b = rolling_setup(limit="2", seconds=None, credits="12")
+    steps = [  # (pair, quantity, key): both organizations' events interleaved, repeats and a replay
+        ("a", "2", "a1"),
+        ("b", "1", "b1"),
+        ("a", "2", "a2"),
+        ("b", "2", "b2"),
+        ("a", "1", "a3"),
+        ("b", "3", "b3"),  # more than the credits left: denied by the engine
+        ("a", "2", "a1"),  # a replay within the batch
+        ("a", "9", "a4"),  # more than the credits left
+        ("b", "1", "b4"),
+    ]
+
+    def batch(orgs: dict[str, Any]) -> list[Outcome]:
+        meters = {"a": meter_a, "b": meter_b}
+        return usage_record_batch(items=[item(orgs[p], meters[p], q, k) for p, q, k in steps], now=NOW)
+
+    # When the same batch goes through each path
+    fast_outcomes = batch({"a": fast_a, "b": fast_b})
+    by_database = [o.raw is not None for o in fast_outcomes]
+    settings.USAGE_FAST_PATH = False
+    engine_outcomes = batch({"a": engine_a, "b": engine_b})
+
+    # Then every answer and every row is the same, and both deciders took part
+    pairs = {"a": (fast_a, engine_a), "b": (fast_b, engine_b)}
+    for (pair, _, _), fast_outcome, engine_outcome in zip(steps, fast_outcomes, engine_outcomes, strict=True):
+        fast_org, engine_org = pairs[pair]
+        assert normal_outcome(fast_outcome, fast_org.pk) == normal_outcome(engine_outcome, engine_org.pk)
+    assert everything(fast_a) == everything(engine_a)
+    assert everything(fast_b) == everything(engine_b)
+    assert by_database == [True, False, True, False, True, False, True, False, False]
+    assert [o.status for o in fast_outcomes] == [201, 201, 201, 201, 201, 402, 201, 402, 201]
