@@ -169,6 +169,7 @@ BEGIN
         w_end := w_end || v_wend;
         w_limit := w_limit || v_wlimit;
         w_used := w_used || v_wused;
+        v_room := least(v_room, greatest(v_wlimit - v_wused, 0));  -- least() skips the first NULL
         w_kind := w_kind || (a ->> 'kind');
         w_seconds := w_seconds || (a ->> 'seconds')::integer;
         w_label := w_label || (a ->> 'label');
@@ -176,7 +177,7 @@ BEGIN
     END LOOP;
 
     -- The waterfall (Engine.evaluate): the smallest room across the windows, then credits.
-    SELECT COALESCE(min(greatest(l - u, 0)), 0) INTO v_room FROM unnest(w_limit, w_used) AS t(l, u);
+    v_room := COALESCE(v_room, 0);  -- no window: nothing included
     v_from_allowance := least(p_quantity, v_room);
     v_rest := p_quantity - v_from_allowance;
     v_cost := round(v_rest * p_credits_per_unit, 4);  -- core.money.round_credits (half up; v_cost >= 0)
