@@ -1,4 +1,4 @@
-"""usage_record's one-statement fast path (usage/sql/record_fast_v1.sql via usage.services.fast)
+"""usage_record's one-statement fast path (usage/sql/record_fast_v2.sql via usage.services.fast)
 against the Python engine it stands in for: the same answers and the same database effects.
 
 The differential test builds one world twice (two organizations on the same plan and meter, with
@@ -853,6 +853,29 @@ def test_windows_are_named_in_the_request_language_and_notices_in_the_site_langu
     assert again.body["windows"][0]["window"] == "5 hours"
 
 
+def api_text(body: dict[str, Any]) -> str:
+    """How the API writes an answer it holds as a dict (usage.apis: compact, non-ASCII escaped)."""
+    return json.dumps(body, separators=(",", ":"))
+
+
+def test_the_database_writes_the_answer_as_the_api_writes_the_engines(settings):
+    # Given 2 included units per 5 hours and 100 credits, twice, and a request in Japanese (a label
+    # to escape) that uses the window up and draws credits: one through each function, one by the engine
+    meter, _, org, twin = rolling_setup(limit="2", credits="100")
+    with translation.override("ja"):
+        one = fast.record_one(item=item(org, meter, 3, "k1"), digest="h", catalog=catalogue(), now=NOW)
+        many = fast.record_many(items=[item(org, meter, 1, "k2")], digests=["h"], catalog=catalogue(), now=NOW)
+        expected = usage_record_batch(items=[item(twin, meter, 3, "k1"), item(twin, meter, 1, "k2")], now=NOW)
+    assert one is not None and many.answers[0] is not None
+    raws = [one.body, many.answers[0].body]
+
+    # Then each answer is the text the API writes: compact, escaped, in the engine's key order
+    for raw, engine in zip(raws, expected, strict=True):
+        assert raw == api_text(json.loads(raw))
+        assert "\\u6642" in raw  # 時, escaped as json.dumps escapes it
+        assert api_text(Ids.of(org.pk).body(json.loads(raw))) == api_text(Ids.of(twin.pk).body(engine.body))
+
+
 def test_a_batch_past_sixteen_events_of_one_organization_is_finished_by_the_engine_as_the_engine_would(settings):
     # Given twin organizations with 10 included a window and 100 credits (5 a unit)
     meter, _, fast_org, engine_org = rolling_setup(limit="10", credits="100")
@@ -874,7 +897,7 @@ def test_a_batch_past_sixteen_events_of_one_organization_is_finished_by_the_engi
 
 
 def _functions_in_file() -> dict[str, str]:
-    text = (Path(settings_module.BASE_DIR) / "usage" / "sql" / "record_fast_v1.sql").read_text()
+    text = (Path(settings_module.BASE_DIR) / "usage" / "sql" / "record_fast_v2.sql").read_text()
     return dict(re.findall(r"CREATE OR REPLACE FUNCTION (\w+)\(.*?AS \$\$(.*?)\$\$;", text, re.S))
 
 

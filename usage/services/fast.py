@@ -1,5 +1,5 @@
 """Usage events decided and written by the database: the PostgreSQL functions in
-usage/sql/record_fast_v1.sql (installed by migration usage 0005).
+usage/sql/record_fast_v2.sql (installed by migration usage 0006).
 
 `usage_record_fast` takes one event, `usage_record_fast_batch` many, in rounds of one event per
 organization. They decide the common case exactly as usage.services.engine does (lock the
@@ -140,7 +140,7 @@ def _meter_json(catalog: Catalogue, meter: MeterInfo) -> str:
     key = ("usage_record_fast_batch", meter.id, get_language() or settings.LANGUAGE_CODE)
     cached = catalog.memo.get(key)
     if cached is None:
-        head = json.dumps({"key": meter.key, "cpu": str(meter.credits_per_unit)})
+        head = json.dumps({"key": meter.key, "kj": json.dumps(meter.key), "cpu": str(meter.credits_per_unit)})
         cached = catalog.memo[key] = head[:-1] + ', "plans": ' + _plans_for_meter(catalog, meter) + "}"
     assert isinstance(cached, str)
     return cached
@@ -156,6 +156,7 @@ def _plans_for_meter(catalog: Catalogue, meter: MeterInfo) -> str:
         plans = {
             str(plan_id): {
                 "key": plan.key,
+                "kj": json.dumps(plan.key),
                 "blocked": catalog.credits_blocked(plan_id, meter.id),
                 "allowances": [
                     {
@@ -165,6 +166,7 @@ def _plans_for_meter(catalog: Catalogue, meter: MeterInfo) -> str:
                         "seconds": allowance.window_seconds,
                         "label": allowance.label,
                         "site_label": window_fields(allowance.window_kind, allowance.window_seconds)["window"],
+                        "head": _window_head(allowance.id, allowance.label, allowance.window_kind),
                     }
                     for allowance in catalog.allowances_for(plan_id, meter.id)
                 ],
@@ -174,3 +176,9 @@ def _plans_for_meter(catalog: Catalogue, meter: MeterInfo) -> str:
         cached = catalog.memo[key] = json.dumps(plans)
     assert isinstance(cached, str)
     return cached
+
+
+def _window_head(allowance_id: int, label: str, kind: str) -> str:
+    """The start of a window's JSON in an answer (engine.Slot.as_dict), encoded as the API encodes it:
+    the functions append the window's figures and times."""
+    return f'{{"allowance":{allowance_id},"window":{json.dumps(label)},"kind":{json.dumps(kind)},'
