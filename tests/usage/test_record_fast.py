@@ -876,6 +876,40 @@ def test_the_database_writes_the_answer_as_the_api_writes_the_engines(settings):
         assert api_text(Ids.of(org.pk).body(json.loads(raw))) == api_text(Ids.of(twin.pk).body(engine.body))
 
 
+def test_a_caller_that_sends_the_catalogue_without_its_encoded_strings_gets_the_same_answers(monkeypatch):
+    # Given twin organizations, and a caller whose catalogue JSON lacks "kj" and "head" (the Python of
+    # v1, still running while a deploy installs v2)
+    meter, _, org, twin = rolling_setup(limit="2", credits="100")
+    plans, meter_json = fast._plans_for_meter, fast._meter_json
+
+    def without_encoded(text: str) -> str:
+        def strip(value: Any) -> Any:
+            if isinstance(value, dict):
+                return {k: strip(v) for k, v in value.items() if k not in ("kj", "head")}
+            return value
+
+        return json.dumps(strip(json.loads(text)))
+
+    # When each records the same uses, once through each function
+    def record(organization, *, old: bool) -> list[str]:
+        if old:
+            monkeypatch.setattr(fast, "_plans_for_meter", lambda c, m: without_encoded(plans(c, m)))
+            monkeypatch.setattr(fast, "_meter_json", lambda c, m: without_encoded(meter_json(c, m)))
+        catalogue_clear()
+        one = fast.record_one(item=item(organization, meter, 3, "k1"), digest="h", catalog=catalogue(), now=NOW)
+        many = fast.record_many(items=[item(organization, meter, 1, "k2")], digests=["h"], catalog=catalogue(), now=NOW)
+        monkeypatch.undo()
+        assert one is not None and many.answers[0] is not None
+        return [one.body, many.answers[0].body]
+
+    new, old = record(org, old=False), record(twin, old=True)
+
+    # Then the answers are the same, key for key and in the same order
+    for raw_new, raw_old in zip(new, old, strict=True):
+        assert api_text(Ids.of(org.pk).body(json.loads(raw_new))) == api_text(Ids.of(twin.pk).body(json.loads(raw_old)))
+    assert everything(org) == everything(twin)
+
+
 def test_a_batch_past_sixteen_events_of_one_organization_is_finished_by_the_engine_as_the_engine_would(settings):
     # Given twin organizations with 10 included a window and 100 credits (5 a unit)
     meter, _, fast_org, engine_org = rolling_setup(limit="10", credits="100")

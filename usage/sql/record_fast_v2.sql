@@ -18,7 +18,8 @@
 --     installs it. tests/usage/test_record_fast.py checks that the database holds what this file says.
 --   * Answers are written as JSON text, as the API writes the engine's answers (compact, non-ASCII
 --     escaped, the engine's key order): strings that may need escaping come encoded from Python
---     ("kj", "head" below). Building them as jsonb cost more than deciding the event (v1 did).
+--     ("kj", "head" below). Building them as jsonb cost more than deciding the event (v1 did). A
+--     caller that does not send them yet (v1's, during a deploy) gets the same JSON, encoded here.
 --   * The functions stay VOLATILE (the default): each statement inside then reads with a snapshot
 --     taken after the account lock was granted, as the engine's pipelined reads do.
 --
@@ -177,7 +178,8 @@ BEGIN
         w_seconds := w_seconds || (a ->> 'seconds')::integer;
         w_label := w_label || (a ->> 'label');
         w_site_label := w_site_label || (a ->> 'site_label');
-        w_head := w_head || (a ->> 'head');
+        w_head := w_head || COALESCE(a ->> 'head', '{"allowance":' || (a ->> 'id') || ',"window":'
+                                     || to_json(a ->> 'label') || ',"kind":' || to_json(a ->> 'kind') || ',');
     END LOOP;
 
     -- The waterfall (Engine.evaluate): the smallest room across the windows, then credits.
@@ -240,7 +242,7 @@ BEGIN
         || '","windows":[' || v_windows
         || '],"lots":[' || v_lots
         || '],"credits":{"balance":"' || trim_scale(v_balance)
-        || '"},"plan":' || COALESCE(v_plan ->> 'kj', 'null') || '}';
+        || '"},"plan":' || COALESCE(v_plan ->> 'kj', to_json(v_plan ->> 'key')::text, 'null') || '}';
 
     -- Writes: the event, windows, lots with their ledger entries, the account, notices.
     INSERT INTO usage_usageevent (organization_id, meter_id, kind, decision, quantity, from_allowance,
@@ -415,7 +417,7 @@ BEGIN
         WITH e AS (  -- meter_key is NULL for a meter p_meters does not hold
             SELECT t.idx, t.org, t.meter, t.qty, t.key, t.hash, t.meta, t.usr, t.occurred,
                    p_meters -> t.meter::text ->> 'key' AS meter_key,
-                   p_meters -> t.meter::text ->> 'kj' AS meter_kj,
+                   COALESCE(p_meters -> t.meter::text ->> 'kj', to_json(p_meters -> t.meter::text ->> 'key')::text) AS meter_kj,
                    (p_meters -> t.meter::text ->> 'cpu')::numeric AS cpu,
                    p_meters -> t.meter::text -> 'plans' AS plans
               FROM unnest(r_idx, r_org, r_meter, r_quantity, r_key, r_hash, r_metadata, r_user, r_occurred_at)
@@ -441,7 +443,10 @@ BEGIN
         ), w AS (  -- each event's windows, as in usage_record_fast
             SELECT a.idx, al.ord, (al.v ->> 'id')::bigint AS allowance, al.v ->> 'kind' AS kind,
                    (al.v ->> 'seconds')::integer AS seconds, al.v ->> 'label' AS label,
-                   al.v ->> 'site_label' AS site_label, al.v ->> 'head' AS head, cw.id AS wid,
+                   al.v ->> 'site_label' AS site_label,
+                   COALESCE(al.v ->> 'head', '{"allowance":' || (al.v ->> 'id') || ',"window":' || to_json(al.v ->> 'label')
+                            || ',"kind":' || to_json(al.v ->> 'kind') || ',') AS head,
+                   cw.id AS wid,
                    COALESCE(cw.start, p_now) AS start,
                    COALESCE(cw."end", p_now + make_interval(secs => (al.v ->> 'seconds')::integer)) AS "end",
                    COALESCE(cw."limit", (al.v ->> 'limit')::numeric) AS "limit",
@@ -535,7 +540,7 @@ BEGIN
                        || '","windows":[' || COALESCE(wj.j, '')
                        || '],"lots":[' || COALESCE(lj.j, '')
                        || '],"credits":{"balance":"' || trim_scale(dd.new_balance)
-                       || '"},"plan":' || COALESCE(dd.plan ->> 'kj', 'null') || '}' AS body
+                       || '"},"plan":' || COALESCE(dd.plan ->> 'kj', to_json(dd.plan ->> 'key')::text, 'null') || '}' AS body
               FROM dd LEFT JOIN wj ON wj.idx = dd.idx LEFT JOIN lj ON lj.idx = dd.idx
              WHERE dd.fresh
         ), ins_event AS (
