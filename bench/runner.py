@@ -1,6 +1,6 @@
 """`make bench`: gunicorn on PostgreSQL, driven by wrk over loopback, one run, one table.
 
-Phases (each a short warm-up, then BENCH_DURATION seconds):
+Phases (BENCH_DURATION measured seconds each, after a short warm-up; a, b and c in BENCH_ROUNDS interleaved rounds):
   a  baseline       POST /api/v1/bench/baseline: same auth, headers and body, inserts one row
   b  usage spread   POST /api/v1/usage over 1,000 organizations
   c  usage hot      POST /api/v1/usage on one organization
@@ -14,7 +14,8 @@ Knobs (environment): BENCH_DATABASE_URL (its database name must contain "bench";
 created again), BENCH_TEMPLATE_DB (copy this migrated database instead of migrating from zero;
 default flexdev), BENCH_DURATION, BENCH_WARMUP, BENCH_WORKERS, BENCH_WORKER_CLASS (sync|gthread),
 BENCH_THREADS_PER_WORKER, BENCH_CONNECTIONS, BENCH_BATCH_CONNECTIONS, BENCH_BATCH_ORGS, BENCH_PHASES (e.g. "a,b"),
-BENCH_REUSE_DB=1 (skip drop/create/seed; for tuning only), BENCH_VACUUM_SECONDS (the autovacuum stand-in's
+BENCH_ROUNDS (default 3; 1: each phase in one stretch), BENCH_REUSE_DB=1 (skip drop/create/seed; for tuning
+only), BENCH_VACUUM_SECONDS (the autovacuum stand-in's
 period when the server's autovacuum is off; 0: none).
 """
 
@@ -52,6 +53,14 @@ DATABASE_URL = env("BENCH_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/fle
 TEMPLATE_DB = env("BENCH_TEMPLATE_DB", "flexdev")
 DURATION = int(env("BENCH_DURATION", "12"))
 WARMUP = int(env("BENCH_WARMUP", "2"))
+# The phases whose targets are ratios run in rounds (a b c, a b c, a b c), DURATION / ROUNDS seconds
+# each, and each phase's figures pool its rounds; then d and e, each in one stretch. The speed of these
+# machines drifts by a fifth within a minute: b measured in one stretch against a baseline measured a
+# minute earlier gave b / a from 0.61 to 1.27 for the same code (nine runs). Interleaved, the phases
+# share the drift. The batch phase goes after them: the checkpoints its WAL sets off would make every
+# later page write a full-page image, and fall on whichever phase came next.
+ROUNDS = max(1, int(env("BENCH_ROUNDS", "3")))
+ROUNDED = ("a", "b", "c")
 WORKERS = int(env("BENCH_WORKERS", str(2 * CORES)))
 WORKER_CLASS = env("BENCH_WORKER_CLASS", "gthread")
 THREADS_PER_WORKER = int(env("BENCH_THREADS_PER_WORKER", "2"))
@@ -83,6 +92,20 @@ class Result:
     @property
     def rate(self) -> float:
         return self.data["requests"] / (self.data["duration_us"] / 1e6) * self.phase.events_per_request
+
+
+def pooled(parts: list[dict[str, float]]) -> dict[str, float]:
+    """One phase's rounds as one measurement: counts and time add up, CPU per request is weighted by
+    requests, p50 is the median of the rounds' and p90, p99 and max are the worst round's."""
+    out = {k: sum(p[k] for p in parts) for k in parts[0] if not k.endswith(("_us", "_ms"))}
+    out["duration_us"] = sum(p["duration_us"] for p in parts)
+    weights = [max(p["requests"], 1) for p in parts]
+    for k in ("mean_us", "app_cpu_ms", "db_cpu_ms"):
+        out[k] = sum(p[k] * w for p, w in zip(parts, weights, strict=True)) / sum(weights)
+    out["p50_us"] = sorted(p["p50_us"] for p in parts)[len(parts) // 2]
+    for k in ("p90_us", "p99_us", "max_us"):
+        out[k] = max(p[k] for p in parts)
+    return out
 
 
 def log(message: str) -> None:
@@ -452,7 +475,9 @@ def report(
         f"make bench  {time.strftime('%Y-%m-%d %H:%M:%S')}  {CORES} cores  gunicorn {WORKERS} x {WORKER_CLASS}"
         + (f" ({THREADS_PER_WORKER} threads)" if WORKER_CLASS == "gthread" else "")
         + f"  wrk {WRK_THREADS} threads, {CONNECTIONS} connections ({BATCH_CONNECTIONS} for batch)  "
-        f"{DURATION} s per phase after {WARMUP} s warm-up",
+        f"{DURATION} s per phase"
+        + (f" (a, b, c in {ROUNDS} interleaved rounds)" if ROUNDS > 1 else "")
+        + f", each after a {WARMUP} s warm-up",
         "",
         f"{'phase':<26} {'rate':>12} {'unit':<6} {'p50 ms':>8} {'p99 ms':>8} {'x (a)':>7} {'2xx':>8} {'402':>7} "
         f"{'other4xx':>8} {'5xx':>5} {'errors':>6} {'app CPU':>8} {'db CPU':>7}  target",
@@ -569,14 +594,18 @@ def main() -> int:
             tables = ", ".join(VACUUM_TABLES)
             log(f"autovacuum is off on this server: the bench vacuums {tables} every {VACUUM_SECONDS:g} s")
             vacuumer.start()
-        for key in PHASES:
-            if key == "p":  # done above, before the server started
-                continue
+        measured: dict[str, list[dict[str, float]]] = {}
+        slice_seconds = max(1, round(DURATION / ROUNDS))
+        schedule = [(r, k, slice_seconds) for r in range(ROUNDS) for k in PHASES if k in ROUNDED]
+        schedule += [(0, k, DURATION) for k in PHASES if k not in ROUNDED and k != "p"]  # p: done above
+        for round_no, key, measure in schedule:
             phase = phases[key]
-            runs = [("warmup", WARMUP), ("run", DURATION)] if WARMUP > 0 else [("run", DURATION)]
+            runs = [("warmup", WARMUP), ("run", measure)] if WARMUP > 0 else [("run", measure)]
             for label, seconds in runs:
                 cpu_before = cpu_sample(server.pid)
-                out = wrk(wrk_path, phase, port=port, seconds=seconds, base_env=base_env, label=label)
+                out = wrk(
+                    wrk_path, phase, port=port, seconds=seconds, base_env=base_env, label=f"{label}{round_no + 1}"
+                )
                 cpu_after = cpu_sample(server.pid)
                 done = max(out["requests"], 1)
                 out["app_cpu_ms"] = (cpu_after[0] - cpu_before[0]) / done * 1000
@@ -593,9 +622,12 @@ def main() -> int:
                 elif key == "a":
                     totals["baseline_2xx"] = totals.get("baseline_2xx", 0) + int(out["n2xx"])
                 if label == "run":
-                    results[key] = Result(phase, out)
+                    measured.setdefault(key, []).append(out)
+                    results[key] = Result(phase, pooled(measured[key]))
                     log(
-                        f"{key} {phase.name}: {results[key].rate:,.0f} "
+                        f"{key} {phase.name}"
+                        + (f" (round {round_no + 1} of {ROUNDS})" if ROUNDS > 1 and key in ROUNDED else "")
+                        + f": {Result(phase, out).rate:,.0f} "
                         f"{'events/s' if phase.events_per_request > 1 else 'req/s'}, p50 {ms(out['p50_us'])} ms, "
                         f"p99 {ms(out['p99_us'])} ms, 5xx {int(out['n5xx'])}"
                     )
