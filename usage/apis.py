@@ -162,17 +162,18 @@ class UsageBatchView(APIView):
             items.append(item)
             results.append(None)
         outcomes = iter(services.usage_record_batch(items=items, now=now()))
-        # Written as text: most bodies are JSON the database wrote (usage.services.fast).
+        # Written as text: most bodies are JSON the database wrote (usage.services.fast). As DRF's
+        # renderer writes the other endpoints: compact, UTF-8 unescaped.
         out = []
         for index, result in enumerate(results):
             if result is not None:
-                out.append(json.dumps(result, cls=JSONEncoder, separators=(",", ":")))
+                out.append(json.dumps(result, cls=JSONEncoder, separators=(",", ":"), ensure_ascii=False))
                 continue
             outcome = next(outcomes)
             body = (
                 outcome.raw
                 if outcome.raw is not None
-                else json.dumps(outcome.body, cls=JSONEncoder, separators=(",", ":"))
+                else json.dumps(outcome.body, cls=JSONEncoder, separators=(",", ":"), ensure_ascii=False)
             )
             replayed = ',"replayed":true' if outcome.replayed else ""
             out.append(f'{{"index":{index},"status":{outcome.status},"body":{body}{replayed}}}')

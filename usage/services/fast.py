@@ -140,7 +140,8 @@ def _meter_json(catalog: Catalogue, meter: MeterInfo) -> str:
     key = ("usage_record_fast_batch", meter.id, get_language() or settings.LANGUAGE_CODE)
     cached = catalog.memo.get(key)
     if cached is None:
-        head = json.dumps({"key": meter.key, "kj": json.dumps(meter.key), "cpu": str(meter.credits_per_unit)})
+        key_json = json.dumps(meter.key, ensure_ascii=False)
+        head = json.dumps({"key": meter.key, "kj": key_json, "cpu": str(meter.credits_per_unit)})
         cached = catalog.memo[key] = head[:-1] + ', "plans": ' + _plans_for_meter(catalog, meter) + "}"
     assert isinstance(cached, str)
     return cached
@@ -156,7 +157,7 @@ def _plans_for_meter(catalog: Catalogue, meter: MeterInfo) -> str:
         plans = {
             str(plan_id): {
                 "key": plan.key,
-                "kj": json.dumps(plan.key),
+                "kj": json.dumps(plan.key, ensure_ascii=False),
                 "blocked": catalog.credits_blocked(plan_id, meter.id),
                 "allowances": [
                     {
@@ -179,6 +180,8 @@ def _plans_for_meter(catalog: Catalogue, meter: MeterInfo) -> str:
 
 
 def _window_head(allowance_id: int, label: str, kind: str) -> str:
-    """The start of a window's JSON in an answer (engine.Slot.as_dict), encoded as the API encodes it:
-    the functions append the window's figures and times."""
-    return f'{{"allowance":{allowance_id},"window":{json.dumps(label)},"kind":{json.dumps(kind)},'
+    """The start of a window's JSON in an answer (engine.Slot.as_dict), encoded as the API encodes the
+    engine's answers (DRF's JSONRenderer: UTF-8, not escaped); the functions append the window's
+    figures and times."""
+    label_json, kind_json = json.dumps(label, ensure_ascii=False), json.dumps(kind, ensure_ascii=False)
+    return f'{{"allowance":{allowance_id},"window":{label_json},"kind":{kind_json},'

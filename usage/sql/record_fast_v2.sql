@@ -16,10 +16,11 @@
 --   * This file is installed by migration usage 0006 (v1, by 0005, is the one before it). Once that
 --     has landed, it is frozen: a change is a new file (record_fast_v3.sql) and a new migration that
 --     installs it. tests/usage/test_record_fast.py checks that the database holds what this file says.
---   * Answers are written as JSON text, as the API writes the engine's answers (compact, non-ASCII
---     escaped, the engine's key order): strings that may need escaping come encoded from Python
---     ("kj", "head" below). Building them as jsonb cost more than deciding the event (v1 did). A
---     caller that does not send them yet (v1's, during a deploy) gets the same JSON, encoded here.
+--   * Answers are written as JSON text, as the API writes the engine's answers (DRF's renderer:
+--     compact, UTF-8, the engine's key order): strings that may need escaping come encoded from
+--     Python ("kj", "head" below). Building them as jsonb cost more than deciding the event (v1 did).
+--     A caller that does not send them yet (v1's, during a deploy) gets the same JSON, encoded here.
+--     A replay answers its stored response (jsonb) as jsonb writes it: the same JSON, other spacing.
 --   * The functions stay VOLATILE (the default): each statement inside then reads with a snapshot
 --     taken after the account lock was granted, as the engine's pipelined reads do.
 --
@@ -513,10 +514,10 @@ BEGIN
                    dd.balance - least(lt.before + lt.remaining, dd.cost) AS after, dd.org, dd.event_id
               FROM lt JOIN dd ON dd.idx = lt.idx
              WHERE dd.credits AND lt.before < dd.cost
-        -- The answer is written as JSON text, in the engine's key order and separators (the API's
-        -- json.dumps), from pieces: strings that need escaping (meter and plan keys, window labels)
-        -- come already encoded from Python (p_meters' "kj" and the allowances' "head"). Building it
-        -- as jsonb cost more than deciding the event.
+        -- The answer is written as JSON text, in the engine's key order, as the API writes the
+        -- engine's (compact, UTF-8), from pieces: strings that need escaping (meter and plan keys,
+        -- window labels) come already encoded from Python (p_meters' "kj" and the allowances'
+        -- "head"). Building it as jsonb cost more than deciding the event.
         ), wj AS MATERIALIZED (  -- usage.services.engine.Slot.as_dict
             SELECT w.idx, string_agg(w.head
                        || '"limit":"' || trim_scale(w."limit")
