@@ -11,8 +11,11 @@ from __future__ import annotations
 
 from decimal import Decimal
 
+from django.conf import settings
+
 from billing.models import CreditPack
 from core.money import CREDIT_PLACES, minor_units_per_major
+from core.money import money_display as money_display  # re-exported: billing's callers format money from here
 
 # Stripe refuses charges below these amounts (minor units); unknown currencies use the default.
 MINIMUM_CHARGE = {"usd": 50, "eur": 50, "gbp": 30, "jpy": 50, "cad": 50, "aud": 50, "chf": 50}
@@ -60,18 +63,9 @@ def format_money(amount: int, currency: str) -> str:
     return f"{Decimal(amount).scaleb(-places):.{places}f}"
 
 
-CURRENCY_SYMBOLS = {"usd": "$", "eur": "€", "gbp": "£", "jpy": "¥"}
+def tax_inclusive(currency: str) -> bool:
+    """Whether prices in `currency` are shown tax-included ("(tax included)", Japanese "（税込）").
 
-
-def money_display(amount: int, currency: str, *, language: str | None) -> str:
-    """Minor units for people, grouped, as the dashboard writes them: "$28.00", "¥6,000", and in
-    Japanese "6,000円". The one implementation: usage/templatetags/dashboard.money (the `price` tag)
-    calls it with the active language."""
-    cur = (currency or "").lower()
-    per_major = minor_units_per_major(cur)
-    major = Decimal(int(amount)) / per_major
-    digits = f"{major:,.0f}" if per_major == 1 else f"{major:,.2f}"
-    if cur == "jpy" and (language or "").startswith("ja"):
-        return f"{digits}円"
-    symbol = CURRENCY_SYMBOLS.get(cur)
-    return f"{symbol}{digits}" if symbol else f"{digits} {cur.upper()}"
+    settings.TAX_INCLUSIVE_CURRENCIES decides (default JPY: Japan's consumer prices include tax by law;
+    US prices are shown before tax)."""
+    return (currency or "").upper() in settings.TAX_INCLUSIVE_CURRENCIES

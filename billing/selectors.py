@@ -46,6 +46,11 @@ def packs_active() -> QuerySet[CreditPack]:
     return CreditPack.objects.filter(is_active=True)
 
 
+def packs_for_sale(*, currency: str) -> QuerySet[CreditPack]:
+    """The active packs a customer billed in `currency` may buy (billing_currency): only that currency's."""
+    return packs_active().filter(currency__iexact=currency)
+
+
 def pack_rate(*, currency: str) -> CreditPack | None:
     """The pack whose price per credit prices (and whose expiry dates) auto top-ups in `currency`."""
     return pack_rate_pack(currency)
@@ -75,12 +80,15 @@ def billing_currency(*, organization_id: int) -> str:
     return subscription.plan.currency if subscription is not None else "usd"
 
 
-def auto_topup_currency(*, organization_id: int, account: CreditAccount | None) -> str:
+def auto_topup_currency(
+    *, organization_id: int, account: CreditAccount | None, known_billing_currency: str | None = None
+) -> str:
     """The currency auto top-up charges in: the one saved with its settings, else the billing currency.
-    `account`: the organization's credit account, as the caller read it (None: it has none)."""
+    `account`: the organization's credit account, as the caller read it (None: it has none).
+    `known_billing_currency`: billing_currency's answer, when the caller has read it already."""
     if account is not None and account.auto_topup_currency:
         return account.auto_topup_currency
-    return billing_currency(organization_id=organization_id)
+    return known_billing_currency or billing_currency(organization_id=organization_id)
 
 
 class AutoTopUpQuote(NamedTuple):
@@ -97,9 +105,13 @@ class AutoTopUpTerms(NamedTuple):
     quote: AutoTopUpQuote | None  # None until a minimum and a target are set, or when no pack is sold
 
 
-def auto_topup_terms(*, organization_id: int, account: CreditAccount | None) -> AutoTopUpTerms:
-    """Auto top-up's currency, pack rate and quote; `account` as for auto_topup_currency."""
-    currency = auto_topup_currency(organization_id=organization_id, account=account)
+def auto_topup_terms(
+    *, organization_id: int, account: CreditAccount | None, known_billing_currency: str | None = None
+) -> AutoTopUpTerms:
+    """Auto top-up's currency, pack rate and quote; the arguments as for auto_topup_currency."""
+    currency = auto_topup_currency(
+        organization_id=organization_id, account=account, known_billing_currency=known_billing_currency
+    )
     pack = pack_rate(currency=currency)
     quote = None
     if pack is not None and account is not None and account.auto_topup_target_balance > account.auto_topup_min_balance:

@@ -235,6 +235,9 @@ DJSTRIPE_USE_NATIVE_JSONFIELD = True
 PUBLIC_BASE_URL = os.environ.get("PUBLIC_BASE_URL", "http://127.0.0.1:8000")
 CREDITS_PURCHASE_PATH = "/billing/credits/"
 CREDITS_LOW_THRESHOLD = os.environ.get("CREDITS_LOW_THRESHOLD", "100")
+# Currencies whose prices are shown tax-included, "(tax included)" (ISO codes, comma-separated): Japan's
+# consumer prices include tax by law (税込); US prices are shown before tax. Empty: none.
+TAX_INCLUSIVE_CURRENCIES = frozenset(code.upper() for code in env_list("TAX_INCLUSIVE_CURRENCIES", "JPY"))
 # Service tokens are cached in each process for this many seconds: revocation takes effect within it.
 AUTH_CACHE_SECONDS = int(os.environ.get("AUTH_CACHE_SECONDS", "30"))
 RESERVATION_DEFAULT_TTL_SECONDS = 3600

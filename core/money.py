@@ -60,3 +60,20 @@ def format_decimal(value: Decimal) -> str:
 
 def minor_units_per_major(currency: str) -> int:
     return 1 if currency.lower() in ZERO_DECIMAL_CURRENCIES else 100
+
+
+CURRENCY_SYMBOLS = {"usd": "$", "eur": "€", "gbp": "£", "jpy": "¥"}
+
+
+def money_display(amount: int, currency: str, *, language: str | None) -> str:
+    """Minor units for people, grouped, as the dashboard writes them: "$28.00", "¥6,000", and in
+    Japanese "6,000円". The one implementation: the `price` template tag (core.templatetags.formatting)
+    and billing's emails call it with the active language."""
+    cur = (currency or "").lower()
+    per_major = minor_units_per_major(cur)
+    major = Decimal(int(amount)) / per_major
+    digits = f"{major:,.0f}" if per_major == 1 else f"{major:,.2f}"
+    if cur == "jpy" and (language or "").startswith("ja"):
+        return f"{digits}円"
+    symbol = CURRENCY_SYMBOLS.get(cur)
+    return f"{symbol}{digits}" if symbol else f"{digits} {cur.upper()}"

@@ -37,7 +37,7 @@ from billing.models import (
 )
 from billing.services.book import credit_books_lock
 from billing.services.grants import credits_grant
-from core.errors import Conflict, DomainError, NotFound
+from core.errors import Conflict, DomainError, NotFound, Unprocessable
 from core.idempotency import key_reused
 from core.models import IdempotencyRecord
 from core.money import CREDIT_PLACES, ZERO, round_credits
@@ -155,6 +155,7 @@ def purchase_start(
     now: datetime,
     actor_id: int | None = None,
     request_key: str | None = None,
+    currency: str | None = None,
 ) -> PurchaseResult:
     """Buy a credit pack with the card on file.
 
@@ -166,6 +167,9 @@ def purchase_start(
     `request_key` (an API call's Idempotency-Key, unique per organization): a second call with the
     same key charges nothing and returns that purchase as it is now (a key reused for another pack
     is refused with 422).
+
+    `currency` (the dashboard passes the organization's billing currency): a pack sold in another
+    currency is refused with 422 before anything is recorded or charged.
     """
     if request_key is not None:
         replay = _purchase_for_request(organization_id, request_key, pack_key)
@@ -174,6 +178,10 @@ def purchase_start(
     pack = CreditPack.objects.filter(key=pack_key, is_active=True).first()
     if pack is None:
         raise NotFound(f"There is no credit pack {pack_key!r}.", code="pack_not_found")
+    if currency is not None and pack.currency.lower() != currency.lower():
+        raise Unprocessable(
+            "This credit pack is not sold in your organization's currency.", code="pack_currency_mismatch"
+        )
     customer = StripeCustomer.objects.filter(organization_id=organization_id).first()
     if customer is None or not customer.has_card:
         raise Conflict("Add a card before buying credits.", code="card_required")

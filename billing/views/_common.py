@@ -36,6 +36,7 @@ SERVICE_MESSAGES = (
     gettext_noop("We could not reach our payment provider. Try again in a moment."),
     gettext_noop("Add a card before buying credits."),
     gettext_noop("This card is not on file."),
+    gettext_noop("This credit pack is not sold in your organization's currency."),
     # plan changes (services.renewals, selectors.purchase_authentication_secret)
     gettext_noop("Add a card before choosing a paid plan."),
     gettext_noop("A payment for your plan is already in progress."),

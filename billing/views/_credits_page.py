@@ -11,7 +11,7 @@ from accounts.views import OrgContext, render_org
 from billing.forms import AutoTopUpForm
 from billing.models import CreditAccount
 from billing.pricing import format_money
-from billing.selectors import auto_topup_terms, credit_account, ledger_entries, lots_open
+from billing.selectors import auto_topup_terms, billing_currency, credit_account, ledger_entries, lots_open
 from billing.views.buy import SESSION_LIVE_NOTE, buy_dialog_context
 from core.clock import now as clock_now
 from core.money import format_decimal
@@ -25,6 +25,7 @@ def credits_render(
     now = clock_now()
     org_id = ctx.organization.pk
     account = credit_account(organization_id=org_id)
+    currency = billing_currency(organization_id=org_id)  # read once: the buy dialog and auto top-up need it
     lots = list(lots_open(organization_id=org_id, now=now))
     entries = ledger_entries(organization_id=org_id)
     before = request.GET.get("before", "")
@@ -46,8 +47,8 @@ def credits_render(
             "entries": page,
             "older": older,
             "is_paged": bool(before),
-            **buy_dialog_context(org_id),
-            **auto_topup_context(org_id, account, auto_form),
+            **buy_dialog_context(org_id, currency=currency),
+            **auto_topup_context(org_id, account, auto_form, known_billing_currency=currency),
             # the refresh after a purchase from the dialog says it in the live status region
             "added": request.session.pop(SESSION_LIVE_NOTE, None) if request.headers.get("HX-Request") else None,
         },
@@ -57,10 +58,12 @@ def credits_render(
 
 
 def auto_topup_context(
-    organization_id: int, account: CreditAccount | None, form: AutoTopUpForm | None
+    organization_id: int, account: CreditAccount | None, form: AutoTopUpForm | None, *, known_billing_currency: str
 ) -> dict[str, Any]:
     """The auto top-up section: the saved state, what one top-up charges, the form."""
-    terms = auto_topup_terms(organization_id=organization_id, account=account)
+    terms = auto_topup_terms(
+        organization_id=organization_id, account=account, known_billing_currency=known_billing_currency
+    )
     if form is None:
         cap = account.auto_topup_monthly_cap_amount if account is not None else None
         initial: dict[str, Any] = {"enabled": bool(account and account.auto_topup_enabled)}

@@ -15,7 +15,7 @@ from django.views.decorators.http import require_POST
 
 from accounts.views import OrgContext, org_page, render_org
 from billing.models import CreditPurchase, PurchaseStatus
-from billing.selectors import card_on_file, packs_active
+from billing.selectors import billing_currency, card_on_file, packs_for_sale
 from billing.services.purchases import card_set_default, card_setup_start, purchase_refresh, purchase_start
 from billing.stripe_gateway import CardDeclinedError, PaymentProviderError, PaymentRequestError
 from billing.views._common import PAYMENT_METHOD_ID, stripe_js_context
@@ -27,10 +27,13 @@ SESSION_LIVE_NOTE = "live_note"
 BUY_TOKEN = re.compile(r"^[0-9a-f]{32}$")
 
 
-def buy_dialog_context(organization_id: int) -> dict[str, Any]:
-    """What templates/billing/_buy_dialog.html needs (the overview and the credits page use it)."""
+def buy_dialog_context(organization_id: int, *, currency: str | None = None) -> dict[str, Any]:
+    """What templates/billing/_buy_dialog.html needs (the overview and the credits page use it): the packs
+    sold in the organization's billing currency, and no other (`currency`: that currency, when the
+    caller has read it already)."""
+    currency = currency or billing_currency(organization_id=organization_id)
     return {
-        "packs": list(packs_active()),
+        "packs": list(packs_for_sale(currency=currency)),
         "card": card_on_file(organization_id=organization_id),
         "buy_token": uuid.uuid4().hex,
         **stripe_js_context(),
@@ -86,6 +89,7 @@ def buy(request: HttpRequest, ctx: OrgContext) -> HttpResponse:
             now=clock_now(),
             actor_id=request.user.pk,
             request_key=f"dashboard:{token}",
+            currency=billing_currency(organization_id=ctx.organization.pk),
         )
     except DomainError as exc:
         return _buy_body(request, ctx, error=_(exc.message))

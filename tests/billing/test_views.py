@@ -1,7 +1,10 @@
 """The buy dialog's actions on the dashboard, against a real localstripe: buy with the card on
 file (htmx), decline, 3-D Secure settled on return, adding a card, permissions by role and org.
 
-Catalogue: the demo one (packs credits-1000 = $40.00, credits-2500, credits-1000-jpy = ¥6,000).
+Catalogue: the demo one (packs credits-1000 = $40.00, credits-2500 = $100.00, credits-1000-jpy = ¥6,000).
+The dialog offers only the packs in the organization's billing currency (its plan's): the demo plans
+are in dollars, and `on_a_yen_plan` moves an organization to a plan in yen. Prices read "(tax
+included)" only in a tax-inclusive currency (settings.TAX_INCLUSIVE_CURRENCIES, JPY by default).
 """
 
 from __future__ import annotations
@@ -11,10 +14,11 @@ import re
 import uuid
 from decimal import Decimal
 
-from django.test import Client
+from django.test import Client, override_settings
 from django.urls import reverse
 
 from billing.models import CreditPack, CreditPurchase, StripeCustomer
+from plans.models import Plan, Subscription
 from tests.billing.payment_support import assert_nothing_granted, balance, ledger
 from tests.billing.stripe_fixtures import (
     CARD_DECLINED_ON_ATTACH,
@@ -37,18 +41,90 @@ def text(response) -> str:
     return re.sub(r"\s+", " ", response.content.decode())
 
 
+def on_a_yen_plan(org) -> None:
+    """Move `org` to a free plan priced in yen: its billing currency becomes JPY."""
+    plan = Plan.objects.create(key="free-jpy", name="Free (JPY)", price_amount=0, currency="jpy")
+    Subscription.objects.filter(organization=org).update(plan=plan)
+
+
 def test_the_owner_sees_packs_the_card_on_file_and_a_button_with_the_amount(world, localstripe):
-    # given Olga's Visa ending 4242 on file
+    # given Olga's Visa ending 4242 on file, on a plan in dollars
     card_on_file(localstripe, world["org"], CARD_SUCCEEDS)
     # when she opens the overview
     page = text(client_for(world["olga"]).get(f"/orgs/{world['org'].pk}/"))
-    # then the dialog lists the three packs, names the card and states the amount on the button
-    assert page.count('name="pack"') == 3
+    # then the dialog lists the two dollar packs (not the yen one), names the card and states the
+    # amount on the button; dollar prices are before tax, so no "(tax included)"
+    assert re.findall(r'name="pack" value="([^"]+)"', page) == ["credits-1000", "credits-2500"]
     assert "<dt>Payment method</dt> <dd>Your Visa •••• 4242 (the card on file)</dd>" in page
     assert "data-pay-button>Pay $40.00</button>" in page
-    assert 'data-pay-label="Pay ¥6,000"' in page
-    assert "¥6,000 (tax included)" in page
+    assert 'data-pay-label="Pay $100.00"' in page
+    assert '<span class="pack-price">$40.00</span>' in page
+    assert '<span class="pack-price">$100.00</span>' in page
+    assert "¥" not in page
+    assert "credits-1000-jpy" not in page
+    assert "tax included" not in page
     assert "Payments arrive in the next release" not in page
+
+
+def test_an_organization_billed_in_yen_sees_only_yen_packs_with_tax_included(world, localstripe):
+    # given Olga's organization on a plan in yen, with a card on file
+    on_a_yen_plan(world["org"])
+    card_on_file(localstripe, world["org"], CARD_SUCCEEDS)
+    # when she opens the credits page
+    page = text(client_for(world["olga"]).get(f"/orgs/{world['org'].pk}/credits/"))
+    # then only the yen pack is offered, its price tax included, and the button states it
+    assert re.findall(r'name="pack" value="([^"]+)"', page) == ["credits-1000-jpy"]
+    assert '<span class="pack-price">¥6,000 (tax included)</span>' in page
+    assert "<dt>Price</dt> <dd>¥6,000 (tax included)</dd>" in terms(page)
+    assert "data-pay-button>Pay ¥6,000</button>" in page
+    assert "$" not in terms(page)
+
+
+def test_without_a_card_the_list_of_packs_is_in_the_billing_currency_too(world, localstripe):
+    page = text(client_for(world["olga"]).get(f"/orgs/{world['org'].pk}/"))
+    packs = page[page.index('<ul class="pack-list"') : page.index("</ul>", page.index('<ul class="pack-list"'))]
+    assert re.findall(r"<li>(.*?)</li>", packs) == [
+        "<strong>1,000 credits</strong> · $40.00",
+        "<strong>2,500 credits</strong> · $100.00",
+    ]
+
+
+@override_settings(TAX_INCLUSIVE_CURRENCIES=frozenset({"USD"}))
+def test_which_currencies_are_tax_inclusive_is_a_setting(world, localstripe):
+    card_on_file(localstripe, world["org"], CARD_SUCCEEDS)
+    page = text(client_for(world["olga"]).get(f"/orgs/{world['org'].pk}/credits/"))
+    assert '<span class="pack-price">$40.00 (tax included)</span>' in page
+    assert "<dt>Price</dt> <dd>$40.00 (tax included)</dd>" in terms(page)
+
+
+def test_a_pack_in_another_currency_is_refused_and_nothing_is_charged(world, localstripe):
+    # given Olga's organization billed in dollars, with a card on file
+    org = world["org"]
+    card_on_file(localstripe, org, CARD_SUCCEEDS)
+    # when a POST names the yen pack (not offered to her)
+    response = buy(client_for(world["olga"]), org, pack="credits-1000-jpy")
+    # then the dialog says why, and nothing is recorded, charged or granted
+    assert response.status_code == 200
+    assert "HX-Trigger" not in response
+    assert re.search(
+        r'role="alert">.*</svg> This credit pack is not sold in your organization&#x27;s currency\.</p>', text(response)
+    )
+    assert CreditPurchase.objects.filter(organization=org).count() == 0
+    assert localstripe.charges() == []
+    assert_nothing_granted(org)
+
+
+def test_a_pack_in_another_currency_is_refused_in_japanese(world, localstripe):
+    on_a_yen_plan(world["org"])
+    card_on_file(localstripe, world["org"], CARD_SUCCEEDS)
+    client = client_for(world["olga"])
+    client.post(reverse("language_set"), {"language": "ja", "next": "/"})
+
+    response = buy(client, world["org"], pack="credits-1000")
+
+    assert "このクレジットパックは、組織のお支払い通貨では販売していません。" in text(response)
+    assert CreditPurchase.objects.filter(organization=world["org"]).count() == 0
+    assert localstripe.charges() == []
 
 
 def terms(page: str) -> str:
@@ -58,19 +134,17 @@ def terms(page: str) -> str:
 
 
 def test_the_final_confirmation_states_what_the_law_asks_for_each_pack(world, localstripe):
-    # given Olga's Visa 4242 on file and the demo packs (credits-1000 first, selected)
+    # given Olga's Visa 4242 on file and the demo dollar packs (credits-1000 first, selected)
     card_on_file(localstripe, world["org"], CARD_SUCCEEDS)
     # when she opens the dialog on the credits page
     summary = terms(text(client_for(world["olga"]).get(f"/orgs/{world['org'].pk}/credits/")))
-    # then the summary states quantity, price with tax, card and timing, delivery, expiry and the
-    # cancellation terms, in that order; only the selected pack's rows are shown
+    # then the summary states quantity, price (dollars: before tax), card and timing, delivery, expiry
+    # and the cancellation terms, in that order; only the selected pack's rows are shown
     assert (
         '<div data-pack-terms="credits-1000"> <dt>Quantity</dt> <dd>1,000 credits</dd> </div> '
-        '<div data-pack-terms="credits-1000"> <dt>Price</dt> <dd>$40.00 (tax included)</dd> </div>'
+        '<div data-pack-terms="credits-1000"> <dt>Price</dt> <dd>$40.00</dd> </div>'
     ) in summary
-    assert (
-        '<div data-pack-terms="credits-1000-jpy" hidden> <dt>Price</dt> <dd>¥6,000 (tax included)</dd> </div>'
-    ) in summary
+    assert ('<div data-pack-terms="credits-2500" hidden> <dt>Price</dt> <dd>$100.00</dd> </div>') in summary
     assert (
         "<div> <dt>Payment method</dt> <dd>Your Visa •••• 4242 (the card on file)</dd> </div> "
         "<div> <dt>Payment timing</dt> <dd>Charged at once when you press the Pay button below.</dd> </div> "
@@ -80,8 +154,8 @@ def test_the_final_confirmation_states_what_the_law_asks_for_each_pack(world, lo
         '<div data-pack-terms="credits-1000"> <dt>Expiry of credits</dt> '
         "<dd>The credits expire 365 days after the payment.</dd> </div>"
     ) in summary
-    assert summary.count("<dt>Quantity</dt>") == summary.count("<dt>Expiry of credits</dt>") == 3
-    assert summary.count(" hidden>") == 6
+    assert summary.count("<dt>Quantity</dt>") == summary.count("<dt>Expiry of credits</dt>") == 2
+    assert summary.count(" hidden>") == 3
     credits_url = f"/orgs/{world['org'].pk}/credits/"
     assert (
         '<div> <dt>Cancellation and refunds</dt> <dd> <p class="policy">'
@@ -107,6 +181,7 @@ def test_a_pack_without_expiry_says_so(world, localstripe):
 
 
 def test_in_japanese_the_final_confirmation_reads_as_the_law_asks(world, localstripe):
+    on_a_yen_plan(world["org"])
     card_on_file(localstripe, world["org"], CARD_SUCCEEDS)
     client = client_for(world["olga"])
     client.post(reverse("language_set"), {"language": "ja", "next": "/"})
@@ -125,16 +200,30 @@ def test_in_japanese_the_final_confirmation_reads_as_the_law_asks(world, localst
 
 
 def test_in_japanese_yen_have_no_minor_unit_and_include_tax(world, localstripe):
+    on_a_yen_plan(world["org"])
     card_on_file(localstripe, world["org"], CARD_SUCCEEDS)
     client = client_for(world["olga"])
     client.post(reverse("language_set"), {"language": "ja", "next": "/"})
 
     page = text(client.get(f"/orgs/{world['org'].pk}/credits/"))
 
-    assert "6,000円（税込）" in page
+    assert '<span class="pack-price">6,000円（税込）</span>' in page
     assert 'data-pay-label="6,000円 を支払う"' in page
-    assert "$40.00 を支払う</button>" in page
+    assert "6,000円 を支払う</button>" in page
     assert "登録済みの Visa •••• 4242" in page
+
+
+def test_in_japanese_dollars_are_shown_before_tax(world, localstripe):
+    card_on_file(localstripe, world["org"], CARD_SUCCEEDS)
+    client = client_for(world["olga"])
+    client.post(reverse("language_set"), {"language": "ja", "next": "/"})
+
+    page = text(client.get(f"/orgs/{world['org'].pk}/credits/"))
+
+    assert '<span class="pack-price">$40.00</span>' in page
+    assert "$40.00 を支払う</button>" in page
+    assert "（税込）" not in page
+    assert "6,000円" not in page
 
 
 def test_without_a_card_the_dialog_offers_to_add_one(world, localstripe):

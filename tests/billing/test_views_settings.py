@@ -80,8 +80,8 @@ def test_the_owner_turns_auto_top_up_on_and_the_page_says_what_one_top_up_charge
     assert "At most $100.00 per calendar month; no top-up is charged beyond it." in page
     assert "Charged to your Visa •••• 4242" in page
     assert "Untick “Turn on automatic top-up” below and save." in page
-    # and what a top-up's credits are worth: tax included, their expiry, the refund terms on the page
-    assert "Minimum 700 credits will be purchased, equivalent to $28.00. (tax included)" in page
+    # and what a top-up's credits are worth (dollars: before tax), their expiry, the refund terms on the page
+    assert "<dd>Minimum 700 credits will be purchased, equivalent to $28.00.</dd>" in page
     assert "<dt>Expiry of credits</dt> <dd>The credits expire 365 days after the payment.</dd>" in page
     assert (
         '<dd>Top-ups follow the same <a href="#refund-policy">cancellation and refund terms</a> as credit packs.</dd>'
@@ -94,6 +94,21 @@ def test_the_owner_turns_auto_top_up_on_and_the_page_says_what_one_top_up_charge
     ) in policy
     assert "Used or expired credits are not refunded." in policy
     assert "These terms apply to credit packs and to automatic top-ups." in policy
+
+
+def test_a_top_up_in_yen_is_quoted_tax_included(world, localstripe):
+    # given Olga's auto top-up priced in yen (credits-1000-jpy: ¥6 a credit), from 100 up to 800 credits
+    CreditAccount.objects.filter(organization=world["org"]).update(
+        auto_topup_currency="jpy", auto_topup_min_balance=Decimal(100), auto_topup_target_balance=Decimal(800)
+    )
+    client = client_for(world["olga"])
+    # when she opens the credits page, in English and in Japanese
+    page = text(client.get(reverse("org_credits", kwargs={"org_id": world["org"].pk})))
+    client.post(reverse("language_set"), {"language": "ja", "next": "/"})
+    page_ja = text(client.get(reverse("org_credits", kwargs={"org_id": world["org"].pk})))
+    # then yen prices are shown tax included
+    assert "<dd>Minimum 700 credits will be purchased, equivalent to ¥4,200. (tax included)</dd>" in page
+    assert "<dd>最低 700 クレジットを購入します（4,200円 相当）。 （税込）</dd>" in page_ja
 
 
 @pytest.mark.parametrize("auto_topup", [True, False], ids=["auto top-up on", "auto top-up never set"])

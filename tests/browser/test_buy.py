@@ -17,6 +17,7 @@ from billing.models import CreditPurchase
 from billing.selectors import credit_account
 from billing.services.purchases import card_set_default
 from core.clock import now
+from plans.models import Plan, Subscription
 from plans.selectors import catalogue_clear
 from tests.billing.stripe_fixtures import CARD_DECLINED_ON_ATTACH, CARD_REQUIRES_ACTION, CARD_SUCCEEDS
 from tests.browser.conftest import SCREENSHOT_DIR
@@ -121,7 +122,7 @@ def test_the_confirm_button_and_the_order_summary_follow_the_chosen_pack(
     expect(summary.locator("dd:visible")).to_have_text(
         [
             "1,000 credits",
-            "$40.00 (tax included)",
+            "$40.00",  # dollar prices are shown before tax (settings.TAX_INCLUSIVE_CURRENCIES)
             "Your Visa •••• 4242 (the card on file)",
             "Charged at once when you press the Pay button below.",
             "The credits are added as soon as the payment succeeds.",
@@ -136,7 +137,7 @@ def test_the_confirm_button_and_the_order_summary_follow_the_chosen_pack(
 
     expect(dialog.get_by_role("button", name="Pay $100.00")).to_be_visible()
     expect(summary.locator("dd:visible").nth(0)).to_have_text("2,500 credits")
-    expect(summary.locator("dd:visible").nth(1)).to_have_text("$100.00 (tax included)")
+    expect(summary.locator("dd:visible").nth(1)).to_have_text("$100.00")
     expect(summary.locator("dd:visible")).to_have_count(7)
     assert axe("#buy-dialog") == []
     shoot("18-buy-order-summary")
@@ -243,3 +244,29 @@ def test_the_order_summary_reads_on_a_phone(live_server, page, localstripe, bloc
     # the dialog as the phone shows it, scrolled to the summary (full-page shots do not scroll it)
     terms.scroll_into_view_if_needed()
     page.screenshot(path=str(SCREENSHOT_DIR / f"19-buy-summary-phone-{language}-scrolled.png"))
+
+
+def test_an_organization_billed_in_yen_buys_the_yen_pack_tax_included(live_server, page, localstripe, catalogue, shoot):
+    # given the owner's organization on a plan in yen, a card on file, and the owner reading Japanese
+    _owner, _member, org_id = owner_with_member()
+    plan = Plan.objects.create(key="free-jpy", name="Free (JPY)", price_amount=0, currency="jpy")
+    Subscription.objects.filter(organization_id=org_id).update(plan=plan)
+    pm = localstripe.payment_method_create(CARD_SUCCEEDS)
+    card_set_default(organization_id=org_id, payment_method_id=pm, now=now())
+    log_in(page, live_server.url, "owner@example.com")
+    page.get_by_role("button", name="日本語").click()
+    expect(page.locator("html")).to_have_attribute("lang", "ja")
+    # when she opens the buy dialog from the credits page
+    page.goto(f"{live_server.url}/orgs/{org_id}/credits/")
+    page.get_by_role("button", name="クレジットを購入").click()
+    dialog = page.get_by_role("dialog")
+    # then only the yen pack is offered, its price tax included, and she pays it
+    expect(dialog.get_by_role("radio")).to_have_count(1)
+    expect(dialog.locator(".pack-price")).to_have_text(["6,000円（税込）"])
+    expect(dialog.locator("[data-buy-terms] dd:visible").nth(1)).to_have_text("6,000円（税込）")
+    shoot("20-buy-yen-tax-included")
+    dialog.get_by_role("button", name="6,000円 を支払う").click()
+    expect(page.locator("#credits-balance")).to_contain_text("1,000")
+    purchase = CreditPurchase.objects.get(organization_id=org_id)
+    assert (purchase.status, purchase.amount, purchase.currency) == ("succeeded", 6000, "jpy")
+    assert balance(org_id) == 1000

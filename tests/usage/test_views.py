@@ -26,6 +26,7 @@ from accounts.models import ApiKey, Membership, Role, User
 from accounts.services import api_key_create, membership_set
 from billing.services import credits_grant, subscription_change
 from billing.services.provision import user_signup
+from plans.models import Plan, Subscription
 from plans.selectors import catalogue_clear
 from usage.management.commands.seed_demo import seed_catalogue
 from usage.models import DailyUsage, UsageEvent
@@ -386,12 +387,15 @@ def test_switching_to_japanese_translates_the_page_and_is_remembered(world):
 
 
 def test_japanese_yen_and_grouping(world):
+    # the buy dialog offers the packs of the organization's billing currency: a plan in yen here
+    yen_plan = Plan.objects.create(key="free-jpy", name="Free (JPY)", price_amount=0, currency="jpy")
+    Subscription.objects.filter(organization=world["org"]).update(plan=yen_plan)
     client = client_for(world["olga"])
     client.post(reverse("language_set"), {"language": "ja", "next": "/"})
 
     html = client.get(reverse("org_overview", args=[world["org"].pk])).content.decode()
 
-    assert "6,000円" in html
+    assert "6,000円（税込）" in html
     assert "1,000 クレジット" in html
 
 

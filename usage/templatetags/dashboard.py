@@ -1,144 +1,49 @@
-"""Formatting for the dashboard: numbers, money, dates in the viewer's zone, durations, windows.
+"""The tags usage's templates load (`{% load dashboard %}`): core's formatting (numbers, money, dates,
+durations) and billing's catalogue words (windows, units), registered under the names the templates
+use, and what only usage needs (`percent`).
 
-Plain functions first (views and CSV use them), registered as template filters below. Every
-function reads the active language and time zone, which the dashboard's views activate per request.
+The implementations live below usage (core.templatetags.formatting, billing.templatetags.billing_format),
+so billing's templates never load this library; the names stay importable from here for usage's code.
 """
 
 from __future__ import annotations
 
-from datetime import date, datetime, timedelta
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 
 from django import template
-from django.utils import dateformat, timezone, translation
-from django.utils.translation import gettext as _
-from django.utils.translation import gettext_noop, ngettext
 
-from billing.pricing import money_display
-from core.money import format_decimal
+from billing.templatetags.billing_format import UNIT_WORDS, unit_word, units_of, window_label, window_of
+from core.templatetags.formatting import (
+    day,
+    day_short,
+    duration,
+    group,
+    local,
+    money,
+    number,
+    price,
+    signed_number,
+    when,
+    when_short,
+)
 
-register = template.Library()
-
-
-def _is_ja() -> bool:
-    return (translation.get_language() or "").startswith("ja")
-
-
-def _decimal(value: object) -> Decimal | None:
-    if value is None or value == "":
-        return None
-    try:
-        return Decimal(str(value))
-    except (InvalidOperation, ValueError):
-        return None
-
-
-def group(text: str) -> str:
-    """Thousands grouping with "," (both English and Japanese use it): "1234567.5" -> "1,234,567.5"."""
-    sign = ""
-    if text.startswith("-"):
-        sign, text = "-", text[1:]
-    whole, _sep, frac = text.partition(".")
-    parts: list[str] = []
-    while len(whole) > 3:
-        parts.insert(0, whole[-3:])
-        whole = whole[:-3]
-    parts.insert(0, whole)
-    return sign + ",".join(parts) + ("." + frac if frac else "")
-
-
-def number(value: object) -> str:
-    """An exact decimal without trailing zeros, grouped: 1234.5000 -> "1,234.5"."""
-    d = _decimal(value)
-    if d is None:
-        return ""
-    return group(format_decimal(d))
-
-
-def signed_number(value: object) -> str:
-    d = _decimal(value)
-    if d is None:
-        return ""
-    return ("+" if d > 0 else "") + number(d)
-
-
-def money(amount_minor: int, currency: str) -> str:
-    """Integer minor units + currency, for people, in the active language: $40.00, ¥6,000 (ja: 6,000円)."""
-    return money_display(amount_minor, currency, language=translation.get_language())
-
-
-def local(dt: datetime) -> datetime:
-    return timezone.localtime(dt) if timezone.is_aware(dt) else dt
-
-
-def when(dt: datetime | None, *, zone: bool = True) -> str:
-    """ "Nov 28, 2026, 21:35 (Asia/Tokyo)"; Japanese: "2026年11月28日 21:35 (Asia/Tokyo)"."""
-    if dt is None:
-        return ""
-    at = local(dt)
-    text = dateformat.format(at, "Y年n月j日 H:i" if _is_ja() else "M j, Y, H:i")
-    if zone:
-        text += f" ({timezone.get_current_timezone_name()})"
-    return text
-
-
-def day(value: date) -> str:
-    return dateformat.format(value, "Y年n月j日" if _is_ja() else "M j, Y")
-
-
-def day_short(value: date) -> str:
-    return dateformat.format(value, "n月j日" if _is_ja() else "M j")
-
-
-def duration(delta: timedelta) -> str:
-    """A countdown for people: "2 h 14 min", "3 d 4 h", "less than a minute"."""
-    seconds = int(delta.total_seconds())
-    if seconds < 60:
-        return _("less than a minute")
-    minutes = seconds // 60
-    days, rest = divmod(minutes, 1440)
-    hours, mins = divmod(rest, 60)
-    if days:
-        return _("%(d)s d %(h)s h") % {"d": days, "h": hours}
-    if hours:
-        return _("%(h)s h %(m)s min") % {"h": hours, "m": mins}
-    return _("%(m)s min") % {"m": mins}
-
-
-def window_label(kind: str, seconds: int | None) -> str:
-    """The window's name in the active language ("5 hours", "7 days", "Billing period")."""
-    if kind == "period" or not seconds:
-        return _("billing period")
-    if seconds % 86400 == 0:
-        n = seconds // 86400
-        return ngettext("%(n)s day", "%(n)s days", n) % {"n": n}
-    if seconds % 3600 == 0:
-        n = seconds // 3600
-        return ngettext("%(n)s hour", "%(n)s hours", n) % {"n": n}
-    n = seconds // 60
-    return ngettext("%(n)s minute", "%(n)s minutes", n) % {"n": n}
-
-
-# Units come from the catalogue; these are the ones the dashboard knows how to translate.
-UNIT_WORDS = [
-    gettext_noop("task"),
-    gettext_noop("tasks"),
-    gettext_noop("second"),
-    gettext_noop("seconds"),
-    gettext_noop("minute"),
-    gettext_noop("minutes"),
-    gettext_noop("image"),
-    gettext_noop("images"),
-    gettext_noop("token"),
-    gettext_noop("tokens"),
-    gettext_noop("request"),
-    gettext_noop("requests"),
+__all__ = [
+    "UNIT_WORDS",
+    "day",
+    "day_short",
+    "duration",
+    "group",
+    "local",
+    "money",
+    "number",
+    "percent",
+    "signed_number",
+    "unit_word",
+    "when",
+    "window_label",
 ]
 
-
-def unit_word(singular: str, plural: str, amount: Decimal) -> str:
-    word = singular if amount == 1 else (plural or singular)
-    return _(word) if word in UNIT_WORDS else word
+register = template.Library()
 
 
 def percent(used: Decimal, limit: Decimal) -> int:
@@ -153,31 +58,10 @@ def percent(used: Decimal, limit: Decimal) -> int:
 register.filter("num", number)
 register.filter("signed_num", signed_number)
 register.filter("when", when)
+register.filter("when_short", when_short)
 register.filter("day", day)
 register.filter("day_short", day_short)
 register.filter("duration", duration)
-
-
-@register.filter("when_short")
-def when_short(dt: datetime | None) -> str:
-    return when(dt, zone=False)
-
-
-@register.simple_tag
-def price(amount_minor: int, currency: str) -> str:
-    return money(amount_minor, currency)
-
-
-@register.filter("window")
-def window_of(allowance: object) -> str:
-    """An allowance (plans.selectors.AllowanceInfo) -> its window's name."""
-    return window_label(str(getattr(allowance, "window_kind", "")), getattr(allowance, "window_seconds", None))
-
-
-@register.filter("units")
-def units_of(meter: object, amount: object = 2) -> str:
-    """A meter's unit for an amount (plural unless it is 1), translated when known."""
-    d = _decimal(amount)
-    return unit_word(
-        str(getattr(meter, "unit", "")), str(getattr(meter, "unit_plural", "")), d if d is not None else Decimal(2)
-    )
+register.filter("window", window_of)
+register.filter("units", units_of)
+register.simple_tag(price, name="price")
