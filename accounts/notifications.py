@@ -104,12 +104,13 @@ def receives(*, role: str, category: str, choice: bool | None) -> bool:
 class Recipient(NamedTuple):
     email: str
     language: str  # theirs when they chose one we offer, else the site's (settings.LANGUAGE_CODE)
+    timezone: str  # an IANA name: theirs (User.timezone) when it is a zone we know, else settings.TIME_ZONE
 
 
-def emails_by_language(recipients: Iterable[Recipient]) -> dict[str, list[str]]:
-    """The addresses to write to in each language (one email per language, each in its readers' language),
-    languages in the order of their first recipient."""
-    grouped: dict[str, list[str]] = {}
+def emails_by_reader(recipients: Iterable[Recipient]) -> dict[tuple[str, str], list[str]]:
+    """The addresses to write to in each (language, time zone): one email per pair, each in its readers'
+    language and with times in their zone; pairs in the order of their first recipient."""
+    grouped: dict[tuple[str, str], list[str]] = {}
     for recipient in recipients:
-        grouped.setdefault(recipient.language, []).append(recipient.email)
+        grouped.setdefault((recipient.language, recipient.timezone), []).append(recipient.email)
     return grouped

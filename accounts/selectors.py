@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import zoneinfo
 from collections.abc import Collection
 
 from django.conf import settings
@@ -61,8 +62,8 @@ def notification_recipients(
 def notification_recipients_with_language(
     *, organization_ids: Collection[int], categories: Collection[str]
 ) -> dict[tuple[int, str], list[Recipient]]:
-    """Who gets emails of each category in each organization, and in which language:
-    {(organization id, category): [(email, language)]}.
+    """Who gets emails of each category in each organization, in which language and time zone:
+    {(organization id, category): [(email, language, time zone)]}.
 
     One query for any number of organizations and categories (the senders call it once per batch):
     active people who manage the organization, plus members who saved an opt-in; each person's role,
@@ -81,12 +82,20 @@ def notification_recipients_with_language(
         .filter(Q(role__in=list(MANAGER_ROLES)) | Q(pref__enabled=True))
         .order_by("id", "pref__category")
         .values_list(
-            "id", "organization_id", "user__email", "user__language", "role", "pref__category", "pref__enabled"
+            "id",
+            "organization_id",
+            "user__email",
+            "user__language",
+            "user__timezone",
+            "role",
+            "pref__category",
+            "pref__enabled",
         )
     )
     people: dict[int, tuple[int, Recipient, str, dict[str, bool]]] = {}
-    for membership_id, org_id, email, language, role, category, enabled in rows:
-        person = people.setdefault(membership_id, (org_id, Recipient(email, _email_language(language)), role, {}))
+    for membership_id, org_id, email, language, zone, role, category, enabled in rows:
+        recipient = Recipient(email, _email_language(language), _email_timezone(zone))
+        person = people.setdefault(membership_id, (org_id, recipient, role, {}))
         if category is not None:
             person[3][category] = enabled
     recipients: dict[tuple[int, str], list[Recipient]] = {}
@@ -104,3 +113,15 @@ def _email_language(saved: str) -> str:
         except LookupError:  # a language no longer offered
             pass
     return settings.LANGUAGE_CODE
+
+
+def _email_timezone(saved: str) -> str:
+    """The zone an email writes times in: the person's (as the dashboard shows them), else the site's."""
+    if saved:
+        try:
+            zoneinfo.ZoneInfo(saved)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError):  # a name this system does not know
+            pass
+        else:
+            return saved
+    return settings.TIME_ZONE

@@ -7,11 +7,11 @@ in each reader's language when it is sent. Services stay free of gettext; this m
 from __future__ import annotations
 
 from collections.abc import Mapping
-from datetime import UTC, datetime
+from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from django.utils import dateformat, translation
+from django.utils import dateformat, timezone, translation
 from django.utils.translation import gettext as _
 
 from billing import pricing
@@ -21,7 +21,8 @@ K = BillingNoticeKind
 
 
 def billing_notice_text(*, kind: str, params: Mapping[str, Any]) -> tuple[str, str]:
-    """Subject and body of a kind's email in the active language."""
+    """Subject and body of a kind's email in the active language, times in the active time zone (the
+    reader's, named next to them). ValueError for a kind it has no message for."""
     p = params
     if kind == K.TOPUP_SUCCEEDED:
         values = {
@@ -72,20 +73,21 @@ def billing_notice_text(*, kind: str, params: Mapping[str, Any]) -> tuple[str, s
             "card": _card(p),
             "start": _day(p["start"]),
             "end": _day(p["end"]),
+            "zone": timezone.get_current_timezone_name(),
         }
         if kind == K.PLAN_STARTED:
             subject = _("Welcome to the %(plan)s plan") % values
             body = (
                 _(
-                    "We charged %(money)s to your %(card)s. Your %(plan)s plan runs from %(start)s to %(end)s (UTC), "
-                    "and renews then with the card on file."
+                    "We charged %(money)s to your %(card)s. Your %(plan)s plan runs from %(start)s to %(end)s "
+                    "(%(zone)s), and renews then with the card on file."
                 )
                 % values
             )
         else:
             subject = _("Your %(plan)s plan is renewed") % values
             body = (
-                _("We charged %(money)s to your %(card)s for your %(plan)s plan, from %(start)s to %(end)s (UTC).")
+                _("We charged %(money)s to your %(card)s for your %(plan)s plan, from %(start)s to %(end)s (%(zone)s).")
                 % values
             )
     elif kind == K.RENEWAL_FAILED:
@@ -168,10 +170,13 @@ def _money(amount: int, currency: str) -> str:
 
 
 def _day(iso: str) -> str:
-    at = datetime.fromisoformat(iso).astimezone(UTC)
+    """The day of a stored time in the active time zone (the message names the zone)."""
+    at = timezone.localtime(datetime.fromisoformat(iso))
     return dateformat.format(at, "Y年n月j日") if _is_ja() else at.strftime("%Y-%m-%d")
 
 
 def _moment(iso: str) -> str:
-    at = datetime.fromisoformat(iso).astimezone(UTC)
-    return (dateformat.format(at, "Y年n月j日 H:i") if _is_ja() else at.strftime("%Y-%m-%d %H:%M")) + " UTC"
+    """A stored time in the active time zone, followed by the zone's name: "2026-02-16 21:00 Asia/Tokyo"."""
+    at = timezone.localtime(datetime.fromisoformat(iso))
+    text = dateformat.format(at, "Y年n月j日 H:i") if _is_ja() else at.strftime("%Y-%m-%d %H:%M")
+    return f"{text} {timezone.get_current_timezone_name()}"

@@ -6,6 +6,8 @@
 
 from __future__ import annotations
 
+import logging
+import zoneinfo
 from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
@@ -13,12 +15,14 @@ from typing import Any
 from django.conf import settings
 from django.core.mail import send_mail
 from django.db import transaction
-from django.utils import translation
+from django.utils import timezone, translation
 
-from accounts.notifications import category_for_kind, emails_by_language
+from accounts.notifications import CATEGORY_BY_KIND, emails_by_reader
 from accounts.selectors import notification_recipients_with_language
 from billing.emails import billing_notice_text
 from billing.models import BillingNotice, CreditPurchase
+
+logger = logging.getLogger(__name__)
 
 
 def billing_notice_add(
@@ -36,11 +40,11 @@ def billing_notice_add(
     that records what it tells.
 
     With `params` (JSON values, as billing.emails.billing_notice_text reads them for the kind), the
-    email is written in each reader's language when sent, and its text is stored in the site's
-    language for the admin; without, `subject` and `body` are sent as they are.
+    email is written in each reader's language and time zone when sent, and its text is stored in the
+    site's language and time zone for the admin; without, `subject` and `body` are sent as they are.
     """
     if params is not None:
-        with translation.override(settings.LANGUAGE_CODE):
+        with translation.override(settings.LANGUAGE_CODE), timezone.override(zoneinfo.ZoneInfo(settings.TIME_ZONE)):
             subject, body = billing_notice_text(kind=kind, params=params)
     BillingNotice.objects.bulk_create(
         [
@@ -61,10 +65,13 @@ def billing_notice_add(
 
 def billing_notices_send(*, now: datetime, limit: int = 200) -> int:
     """Email each unsent notice once, to the people who get its category (owners always get payment
-    emails; admins unless they opted out), one email per language among them, each in its readers'
-    language (a row without params goes once, as stored); returns how many notices were emailed.
-    Rows are claimed with SKIP LOCKED and stamped in the same transaction, so two workers never send
-    the same one, and a crash before commit leaves it for the next run."""
+    emails; admins unless they opted out), one email per (language, time zone) among them, each in its
+    readers' language with times in their zone (a row without params goes once, as stored); returns how
+    many notices were emailed. Rows are claimed with SKIP LOCKED and stamped in the same transaction, so
+    two workers never send the same one, and a crash before commit leaves it for the next run.
+    A notice the sender cannot write (a kind without a category or a message, as a newer release may
+    store, or params it cannot read) is logged with its id and kind and stamped too, unsent, so it
+    neither stops the others nor comes back every run."""
     sent = 0
     with transaction.atomic():
         notices = list(
@@ -76,20 +83,37 @@ def billing_notices_send(*, now: datetime, limit: int = 200) -> int:
             return 0
         recipients = notification_recipients_with_language(
             organization_ids={n.organization_id for n in notices},
-            categories={category_for_kind(n.kind) for n in notices},
+            categories={CATEGORY_BY_KIND[n.kind] for n in notices if n.kind in CATEGORY_BY_KIND},
         )
         for notice in notices:
             notice.sent_at = now
-            people = recipients.get((notice.organization_id, category_for_kind(notice.kind)), [])
+            category = CATEGORY_BY_KIND.get(notice.kind)
+            if category is None:
+                logger.error("billing notice %s set aside unsent: kind %r has no category", notice.pk, notice.kind)
+                continue
+            people = recipients.get((notice.organization_id, category), [])
             if not people:
                 continue
             if notice.params:
-                for language, to in emails_by_language(people).items():
-                    with translation.override(language):
-                        subject, body = billing_notice_text(kind=notice.kind, params=notice.params)
-                    send_mail(subject, body, None, to, fail_silently=False)
+                try:  # every email is written before any is sent: a notice goes to all its readers or to none
+                    emails = [
+                        (*_billing_notice_text_for(notice, language, zone), to)
+                        for (language, zone), to in emails_by_reader(people).items()
+                    ]
+                except (LookupError, ValueError, TypeError, ArithmeticError):
+                    logger.exception(
+                        "billing notice %s set aside unsent: kind %r could not be written", notice.pk, notice.kind
+                    )
+                    continue
             else:  # fixed text (or a row from before notices had params): once, as stored
-                send_mail(notice.subject, notice.body, None, [p.email for p in people], fail_silently=False)
+                emails = [(notice.subject, notice.body, [p.email for p in people])]
+            for subject, body, to in emails:
+                send_mail(subject, body, None, to, fail_silently=False)
             sent += 1
         BillingNotice.objects.bulk_update(notices, ["sent_at"])
     return sent
+
+
+def _billing_notice_text_for(notice: BillingNotice, language: str, zone: str) -> tuple[str, str]:
+    with translation.override(language), timezone.override(zoneinfo.ZoneInfo(zone)):
+        return billing_notice_text(kind=notice.kind, params=notice.params)

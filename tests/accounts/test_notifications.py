@@ -20,7 +20,7 @@ from accounts.notifications import (
     categories_offered,
     category_for_kind,
     category_locked,
-    emails_by_language,
+    emails_by_reader,
     receives,
 )
 from accounts.selectors import notification_choices, notification_recipients, notification_recipients_with_language
@@ -236,36 +236,50 @@ def test_recipients_take_one_query_for_any_number_of_organizations_and_categorie
     assert recipients[(orgs[3], "receipts")] == ["owner2@example.com"]
 
 
-def test_recipients_come_with_the_language_to_write_to_them_in(team, settings):
+def test_recipients_come_with_the_language_and_time_zone_to_write_to_them_in(team, settings):
     org = team["org"].pk
     # Olga chose Japanese, Ada English; Mia (opted in) chose nothing, and a fourth person a language not offered
-    User.objects.filter(pk=team["olga"].pk).update(language="ja")
-    User.objects.filter(pk=team["ada"].pk).update(language="en")
+    User.objects.filter(pk=team["olga"].pk).update(language="ja", timezone="Asia/Tokyo")
+    User.objects.filter(pk=team["ada"].pk).update(language="en", timezone="UTC")
+    # Mia has no time zone stored, Zoe one this system does not know
+    User.objects.filter(pk=team["mia"].pk).update(timezone="")
     notification_preferences_set(membership=team["mia_m"], choices={"allowance_resets": True}, now=T0)
-    zoe = UserFactory(email="zoe@example.com", language="fr")
+    zoe = UserFactory(email="zoe@example.com", language="fr", timezone="Mars/Olympus_Mons")
     Membership.objects.create(organization=team["org"], user=zoe, role=Role.ADMIN)
 
     with CaptureQueriesContext(connection) as queries:
         recipients = notification_recipients_with_language(organization_ids=[org], categories=["allowance_resets"])
 
-    # Then without a language we offer, a person gets the site's (settings.LANGUAGE_CODE)
+    # Then without a language we offer, a person gets the site's (settings.LANGUAGE_CODE), and without a
+    # time zone we know, the site's (settings.TIME_ZONE)
     assert len(queries.captured_queries) == 1
     assert recipients == {
         (org, "allowance_resets"): [
-            Recipient("olga@example.com", "ja"),
-            Recipient("ada@example.com", "en"),
-            Recipient("mia@example.com", "en"),
-            Recipient("zoe@example.com", "en"),
+            Recipient("olga@example.com", "ja", "Asia/Tokyo"),
+            Recipient("ada@example.com", "en", "UTC"),
+            Recipient("mia@example.com", "en", "UTC"),
+            Recipient("zoe@example.com", "en", "UTC"),
         ]
     }
-    assert emails_by_language(recipients[(org, "allowance_resets")]) == {
-        "ja": ["olga@example.com"],
-        "en": ["ada@example.com", "mia@example.com", "zoe@example.com"],
+    assert emails_by_reader(recipients[(org, "allowance_resets")]) == {
+        ("ja", "Asia/Tokyo"): ["olga@example.com"],
+        ("en", "UTC"): ["ada@example.com", "mia@example.com", "zoe@example.com"],
     }
-    # and when the site's language is Japanese, those two get Japanese
+    # and when the site's language is Japanese and its zone Europe/Paris, those two get them
     settings.LANGUAGE_CODE = "ja"
+    settings.TIME_ZONE = "Europe/Paris"
     again = notification_recipients_with_language(organization_ids=[org], categories=["allowance_resets"])
-    assert [r.language for r in again[(org, "allowance_resets")]] == ["ja", "en", "ja", "ja"]
+    assert [(r.language, r.timezone) for r in again[(org, "allowance_resets")]] == [
+        ("ja", "Asia/Tokyo"),
+        ("en", "UTC"),
+        ("ja", "Europe/Paris"),
+        ("ja", "Europe/Paris"),
+    ]
+    assert emails_by_reader(again[(org, "allowance_resets")]) == {
+        ("ja", "Asia/Tokyo"): ["olga@example.com"],
+        ("en", "UTC"): ["ada@example.com"],
+        ("ja", "Europe/Paris"): ["mia@example.com", "zoe@example.com"],
+    }
 
 
 # The page ----------------------------------------------------------------------------------------------

@@ -3,16 +3,18 @@ preferences): owners always get payment emails, admins unless they opted out, me
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import pytest
 from django.core import mail
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
-from django.utils import translation
+from django.utils import timezone, translation
 
 from accounts.models import Membership, Role, User
 from accounts.services import notification_preferences_set, organization_create
+from billing import tasks
 from billing.emails import billing_notice_text
 from billing.models import BillingNotice, BillingNoticeKind
 from billing.services.notices import billing_notice_add, billing_notices_send
@@ -293,3 +295,118 @@ def test_a_failed_renewal_with_no_attempt_left_asks_for_a_new_card():
             "プランを続けるには、カードを更新してください。"
             "3 回失敗すると無料プランに移ります。「お支払い方法」ページでカードを更新してください。"
         )
+
+
+# A notice the sender cannot write is set aside; the others go -------------------------------------------
+
+
+def test_a_billing_notice_of_an_unknown_kind_is_set_aside_and_the_others_are_sent(caplog):
+    org, _ = team()
+    # Given a kind this release does not know (written by a newer one, or removed) between two it knows
+    add(org, [K.TOPUP_FAILED], tag="before")
+    billing_notice_add(organization_id=org.pk, kind="refund_issued", dedupe_key="new", subject="s", body="b", now=T0)
+    add(org, [K.TOPUP_DISABLED], tag="after")
+    unknown = BillingNotice.objects.get(kind="refund_issued")
+    # When the sender runs
+    with caplog.at_level(logging.ERROR, logger="billing.services.notices"):
+        assert billing_notices_send(now=T0) == 2
+    # Then the two it knows are emailed, and the other is logged with its id and kind and stamped unsent
+    managers = ["olga@example.com", "ada@example.com"]
+    assert [(m.subject, m.to) for m in mail.outbox] == [("topup_failed 0", managers), ("topup_disabled 0", managers)]
+    assert [r.getMessage() for r in caplog.records] == [
+        f"billing notice {unknown.pk} set aside unsent: kind 'refund_issued' has no category"
+    ]
+    stamps = list(BillingNotice.objects.order_by("id").values_list("kind", "sent_at"))
+    assert stamps == [("topup_failed", T0), ("refund_issued", T0), ("topup_disabled", T0)]
+    # And the task, run twice more, changes nothing
+    assert (tasks.billing_notices_send(), tasks.billing_notices_send()) == (0, 0)
+    assert len(mail.outbox) == 2
+    assert list(BillingNotice.objects.order_by("id").values_list("kind", "sent_at")) == stamps
+
+
+def test_a_billing_notice_whose_params_cannot_be_read_is_set_aside_before_any_reader_gets_it(caplog):
+    org, _ = team()
+    speakers(olga="ja", ada="en")
+    add_with_params(org, [K.TOPUP_DISABLED], tag="before")
+    broken = {k: v for k, v in PARAMS[K.RENEWAL_FAILED].items() if k != "plan"}
+    bad = BillingNotice.objects.create(
+        organization=org, kind=K.RENEWAL_FAILED, dedupe_key="bad", subject="s", body="b", params=broken, created_at=T0
+    )
+    add_with_params(org, [K.TOPUP_DISABLED], tag="after")
+
+    with caplog.at_level(logging.ERROR, logger="billing.services.notices"):
+        assert billing_notices_send(now=T0) == 2
+
+    assert [(m.to, m.subject) for m in mail.outbox] == [
+        (["olga@example.com"], "自動チャージがオフになりました"),
+        (["ada@example.com"], "Auto top-up is turned off"),
+    ] * 2
+    assert [r.getMessage() for r in caplog.records] == [
+        f"billing notice {bad.pk} set aside unsent: kind 'renewal_failed' could not be written"
+    ]
+    assert BillingNotice.objects.get(pk=bad.pk).sent_at == T0
+    assert billing_notices_send(now=T0) == 0
+    assert len(mail.outbox) == 4
+
+
+# Times: each reader's time zone, named next to the time ---------------------------------------------------
+
+
+def test_billing_times_are_written_in_each_readers_time_zone_and_stored_in_the_sites():
+    org, people = team()
+    Membership.objects.filter(pk=people["mia"].pk).delete()
+    ken = User.objects.create_user(email="ken@example.com", language="en", timezone="Asia/Tokyo")
+    Membership.objects.create(organization=org, user=ken, role=Role.ADMIN)
+    # Given the owner reads Japanese in Tokyo, an admin English in UTC, another English in Tokyo
+    speakers(olga="ja", ada="en")
+    User.objects.filter(email="olga@example.com").update(timezone="Asia/Tokyo")
+    User.objects.filter(email="ada@example.com").update(timezone="UTC")
+    # and the notices were written during a request shown in Tokyo time
+    started = {**PARAMS[K.PLAN_STARTED], "start": "2026-01-15T20:00:00+00:00", "end": "2026-02-15T20:00:00+00:00"}
+    with timezone.override("Asia/Tokyo"):
+        billing_notice_add(organization_id=org.pk, kind=K.PLAN_STARTED, dedupe_key="s", params=started, now=T0)
+        add_with_params(org, [K.RENEWAL_FAILED])  # retry at 2026-02-16 12:00 UTC
+    # Then they are stored in the site's zone, for the admin pages
+    assert [n.body for n in BillingNotice.objects.order_by("id")] == [
+        "We charged 6000 JPY to your card on file. Your Pro plan runs from 2026-01-15 to 2026-02-15 (UTC), and "
+        "renews then with the card on file.",
+        "The renewal of your Pro plan (28.00 USD) failed: Your card was declined. We will try again on "
+        "2026-02-16 12:00 UTC. After 3 failed attempts you move to the free plan. Update your card on the "
+        "Payment methods page.",
+    ]
+    # When they are sent
+    assert billing_notices_send(now=T0) == 2
+    # Then each reader gets the days and times of their zone, with the zone's name
+    welcome, failed = mail.outbox[:3], mail.outbox[3:]
+    assert [(m.to, m.body) for m in welcome if m.to != ["olga@example.com"]] == [
+        (
+            ["ada@example.com"],
+            "We charged 6000 JPY to your card on file. Your Pro plan runs from 2026-01-15 to 2026-02-15 (UTC), and "
+            "renews then with the card on file.",
+        ),
+        (
+            ["ken@example.com"],
+            "We charged 6000 JPY to your card on file. Your Pro plan runs from 2026-01-16 to 2026-02-16 "
+            "(Asia/Tokyo), and renews then with the card on file.",
+        ),
+    ]
+    assert [(m.to, m.body) for m in failed] == [
+        (
+            ["olga@example.com"],
+            "Pro プラン（$28.00）の更新に失敗しました: カードが拒否されました。"
+            "2026年2月16日 21:00 Asia/Tokyo にもう一度請求を試みます。"
+            "3 回失敗すると無料プランに移ります。「お支払い方法」ページでカードを更新してください。",
+        ),
+        (
+            ["ada@example.com"],
+            "The renewal of your Pro plan (28.00 USD) failed: Your card was declined. We will try again on "
+            "2026-02-16 12:00 UTC. After 3 failed attempts you move to the free plan. Update your card on the "
+            "Payment methods page.",
+        ),
+        (
+            ["ken@example.com"],
+            "The renewal of your Pro plan (28.00 USD) failed: Your card was declined. We will try again on "
+            "2026-02-16 21:00 Asia/Tokyo. After 3 failed attempts you move to the free plan. Update your card on "
+            "the Payment methods page.",
+        ),
+    ]

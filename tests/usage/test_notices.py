@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from datetime import timedelta
 
 import pytest
@@ -16,6 +17,7 @@ from billing.services import credits_grant
 from plans.models import WindowKind
 from tests.factories import T0, AllowanceFactory, MeterFactory, PlanFactory, make_org
 from tests.usage.engine_support import D, use
+from usage import tasks
 from usage.models import AllowanceWindow, Notice, NoticeKind
 from usage.services import (
     UsageInput,
@@ -553,3 +555,142 @@ def test_a_notice_names_its_window_from_the_stored_kind_not_the_stored_label():
         assert notice_text(notice)[0] == "Your 5 hours allowance for Tasks has reset"
     with translation.override("ja"):
         assert "5時間" in notice_text(notice)[0]
+
+
+# A notice the sender cannot write is set aside; the others go -------------------------------------------
+
+
+def test_a_notice_of_an_unknown_kind_is_set_aside_and_the_others_are_sent(settings, caplog):
+    settings.EMAIL_BACKEND = "django.core.mail.backends.locmem.EmailBackend"
+    org, _, _, _ = team_org()
+    Membership.objects.filter(organization=org).exclude(role=Role.OWNER).delete()
+    # Given a kind this release does not know (written by a newer one, or removed) between two it knows
+    pending(org, [NoticeKind.CREDITS_LOW], tag="before")
+    unknown = Notice.objects.create(
+        organization=org, kind="credits_expiring", dedupe_key="new", payload={"credits": "5"}, created_at=T0
+    )
+    pending(org, [NoticeKind.CREDITS_DEPLETED], tag="after")
+    # When the sender runs
+    with caplog.at_level(logging.ERROR, logger="usage.services.notices"):
+        assert notices_send_pending(now=T0 + H) == 2
+    # Then the two it knows are emailed, and the other is logged with its id and kind and stamped unsent
+    assert [(m.to, m.subject) for m in mail.outbox] == [
+        (["olga@example.com"], "Your credit balance is low (5 credits)"),
+        (["olga@example.com"], "You are out of credits"),
+    ]
+    assert [r.getMessage() for r in caplog.records] == [
+        f"notice {unknown.pk} set aside unsent: kind 'credits_expiring' has no category"
+    ]
+    stamps = list(Notice.objects.filter(organization=org).order_by("id").values_list("kind", "sent_at"))
+    assert stamps == [("credits_low", T0 + H), ("credits_expiring", T0 + H), ("credits_depleted", T0 + H)]
+    # And the task, run twice more, changes nothing
+    assert (tasks.notices_send_pending(), tasks.notices_send_pending()) == (0, 0)
+    assert len(mail.outbox) == 2
+    assert list(Notice.objects.filter(organization=org).order_by("id").values_list("kind", "sent_at")) == stamps
+
+
+def test_a_notice_whose_payload_cannot_be_read_is_set_aside_before_any_reader_gets_it(settings, caplog):
+    settings.EMAIL_BACKEND = "django.core.mail.backends.locmem.EmailBackend"
+    org, _, _, _ = team_org()
+    speakers(org, olga="ja", ada="en")
+    # Given a threshold notice without its percent, between two good ones
+    pending(org, [NoticeKind.CREDITS_DEPLETED], tag="before")
+    broken = {k: v for k, v in PAYLOADS[NoticeKind.WINDOW_THRESHOLD].items() if k != "percent"}
+    bad = Notice.objects.create(
+        organization=org, kind=NoticeKind.WINDOW_THRESHOLD, dedupe_key="bad", payload=broken, created_at=T0
+    )
+    pending(org, [NoticeKind.CREDITS_DEPLETED], tag="after")
+
+    with caplog.at_level(logging.ERROR, logger="usage.services.notices"):
+        assert notices_send_pending(now=T0) == 2
+
+    # Then neither reader got the broken one (in any language), and the good ones went to both
+    assert [(m.to, m.subject) for m in mail.outbox] == [
+        (["olga@example.com"], "クレジット残高がなくなりました"),
+        (["ada@example.com"], "You are out of credits"),
+    ] * 2
+    assert [r.getMessage() for r in caplog.records] == [
+        f"notice {bad.pk} set aside unsent: kind 'window_threshold' could not be written"
+    ]
+    assert Notice.objects.get(pk=bad.pk).sent_at == T0
+    assert notices_send_pending(now=T0 + H) == 0
+    assert len(mail.outbox) == 4
+
+
+def test_a_kind_without_a_message_is_an_error_not_another_kinds_email():
+    org, _, _ = period_org()
+    notice = Notice(organization=org, kind="credits_expiring", dedupe_key="x", payload={"balance": "0"})
+    with pytest.raises(ValueError, match="no message for notice kind 'credits_expiring'"):
+        notice_text(notice)
+
+
+# Times: each reader's time zone, named next to the time ---------------------------------------------------
+
+
+def zones(org, **names: str) -> None:
+    for name, zone in names.items():
+        User.objects.filter(memberships__organization=org, email__startswith=name).update(timezone=zone)
+
+
+def test_times_are_written_in_each_readers_time_zone_with_its_name(settings):
+    settings.EMAIL_BACKEND = "django.core.mail.backends.locmem.EmailBackend"
+    org, _, _, mia = team_org()
+    notification_preferences_set(membership=mia, choices={"usage_alerts": True}, now=T0)
+    # Given the owner reads Japanese in Tokyo, the admin English in UTC, the member English in Tokyo
+    speakers(org, olga="ja", ada="en", mia="en")
+    zones(org, olga="Asia/Tokyo", ada="UTC", mia="Asia/Tokyo")
+    pending(org, [NoticeKind.WINDOW_THRESHOLD], tag="t")  # resets at 2026-02-15 12:00 UTC
+    # When the notice is sent
+    assert notices_send_pending(now=T0) == 1
+    # Then there is one email per (language, zone), each with the time in its readers' zone and the zone's name
+    link = f"{settings.PUBLIC_BASE_URL}/orgs/{org.pk}/"
+    assert [(m.to, m.body) for m in mail.outbox] == [
+        (
+            ["olga@example.com"],
+            "組織は Tasks の利用枠（5時間、上限 4）の 50% を使用しました。"
+            "2026年2月15日 21:00 Asia/Tokyo にリセットされます。\n\n"
+            f"利用枠を超えた分はクレジットで支払われます。利用状況はこちら: {link}",
+        ),
+        (
+            ["ada@example.com"],
+            "Your organization has used 50% of its 5 hours allowance for Tasks (limit 4)."
+            " It resets at 2026-02-15 12:00 UTC.\n\n"
+            f"Past the allowance, usage is paid with credits. See your usage: {link}",
+        ),
+        (
+            ["mia@example.com"],
+            "Your organization has used 50% of its 5 hours allowance for Tasks (limit 4)."
+            " It resets at 2026-02-15 21:00 Asia/Tokyo.\n\n"
+            f"Past the allowance, usage is paid with credits. See your usage: {link}",
+        ),
+    ]
+
+
+def test_a_reset_time_moves_to_the_readers_day_and_a_reader_without_a_zone_gets_the_sites(settings):
+    settings.EMAIL_BACKEND = "django.core.mail.backends.locmem.EmailBackend"
+    settings.TIME_ZONE = "America/New_York"
+    org, _, _, _ = team_org()
+    Membership.objects.filter(organization=org, role=Role.MEMBER).delete()
+    # Given the owner is in Tokyo and the admin stored no time zone, on a site in New York
+    speakers(org, olga="ja")
+    zones(org, olga="Asia/Tokyo", ada="")
+    payload = {**PAYLOADS[NoticeKind.ALLOWANCE_RESET], "reset_at": "2026-02-15T20:30:00+00:00"}
+    Notice.objects.create(
+        organization=org, kind=NoticeKind.ALLOWANCE_RESET, dedupe_key="r", payload=payload, created_at=T0
+    )
+
+    assert notices_send_pending(now=T0) == 1
+
+    link = f"{settings.PUBLIC_BASE_URL}/orgs/{org.pk}/"
+    assert [(m.to, m.body) for m in mail.outbox] == [
+        (
+            ["olga@example.com"],
+            "Tasks の利用枠（5時間）が 2026年2月16日 05:30 Asia/Tokyo にリセットされ、4 を再び使えるようになりました。"
+            f"\n\n{link}",
+        ),
+        (
+            ["ada@example.com"],
+            "Your 5 hours allowance for Tasks reset at 2026-02-15 15:30 America/New_York: 4 available again."
+            f"\n\n{link}",
+        ),
+    ]

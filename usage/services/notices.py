@@ -2,29 +2,33 @@
 
 from __future__ import annotations
 
+import logging
 import re
-from datetime import UTC, datetime
+import zoneinfo
+from datetime import datetime
 from typing import Any
 
 from django.conf import settings
 from django.core.mail import send_mail
 from django.db import transaction
-from django.utils import dateformat, translation
+from django.utils import dateformat, timezone, translation
 from django.utils.translation import gettext as _
 
-from accounts.notifications import category_for_kind, emails_by_language
+from accounts.notifications import CATEGORY_BY_KIND, emails_by_reader
 from accounts.selectors import notification_recipients_with_language
 from core.money import format_decimal
 from plans.models import WindowKind, window_label
 from plans.selectors import catalogue
-from usage.messages import when
 from usage.models import AllowanceWindow, Notice, NoticeKind
 from usage.templatetags.dashboard import number
 
+logger = logging.getLogger(__name__)
+
 
 def notice_text(notice: Notice) -> tuple[str, str]:
-    """Subject and body of a notice's email in the active language (payload keys as stored by the engine
-    and sweep). The sender renders it once per language among the recipients (translation.override)."""
+    """Subject and body of a notice's email in the active language, times in the active time zone (payload
+    keys as stored by the engine and sweep). The sender renders it once per (language, time zone) among the
+    recipients (translation.override, timezone.override). ValueError for a kind it has no message for."""
     p = notice.payload
     meter = p.get("meter")
     if meter is None and "meter_id" in p:
@@ -66,22 +70,26 @@ def notice_text(notice: Notice) -> tuple[str, str]:
         values = {"balance": number(p["balance"]), "threshold": number(p["threshold"]), "link": credits}
         subject = _("Your credit balance is low (%(balance)s credits)") % values
         body = _("Your balance fell below %(threshold)s credits. Buy credits or turn on auto top-up: %(link)s") % values
-    else:
+    elif notice.kind == NoticeKind.CREDITS_DEPLETED:
         subject = _("You are out of credits")
         body = _(
             "Your credit balance is 0. Usage beyond your plan's allowance is refused until you buy credits: %(link)s"
         ) % {"link": credits}
+    else:
+        raise ValueError(f"no message for notice kind {notice.kind!r}")
     return subject, body
 
 
 def _when(iso: str | None) -> str:
-    """A stored time in UTC, written as the active language writes dates (usage/messages.py `when` in English)."""
+    """A stored time in the active time zone (the reader's), followed by the zone's name, as the active
+    language writes dates: "2026-02-15 21:00 Asia/Tokyo", "2026年2月15日 21:00 Asia/Tokyo"."""
     if not iso:
         return ""
-    at = datetime.fromisoformat(iso).astimezone(UTC)
+    at = timezone.localtime(datetime.fromisoformat(iso))
+    zone = timezone.get_current_timezone_name()
     if (translation.get_language() or "").startswith("ja"):
-        return dateformat.format(at, "Y年n月j日 H:i") + " UTC"
-    return when(at)
+        return f"{dateformat.format(at, 'Y年n月j日 H:i')} {zone}"
+    return f"{at:%Y-%m-%d %H:%M} {zone}"
 
 
 _STORED_WINDOW = re.compile(r"(\d+) (minute|hour|day)s?")
@@ -154,11 +162,14 @@ def window_fields(kind: str, seconds: int | None) -> dict[str, Any]:
 def notices_send_pending(*, now: datetime, limit: int = 500) -> int:
     """Email each unsent notice once, to the people of the organization who get its category
     (accounts.selectors.notification_recipients_with_language: owners and admins unless they opted
-    out, members who opted in), one email per language among them, each in its readers' language.
-    Returns how many notices were emailed.
+    out, members who opted in), one email per (language, time zone) among them, each in its readers'
+    language with times in their zone. Returns how many notices were emailed.
 
     The row is claimed (sent_at set) in the same transaction that reads it, with SKIP LOCKED, so
     two workers never send the same notice; a crash before commit leaves it unsent for the next run.
+    A notice the sender cannot write (a kind without a category or a message, as a newer release may
+    store, or a payload it cannot read) is logged with its id and kind and stamped too, unsent, so it
+    neither stops the others nor comes back every run.
     """
     sent = 0
     with transaction.atomic():
@@ -171,16 +182,31 @@ def notices_send_pending(*, now: datetime, limit: int = 500) -> int:
             return 0
         recipients = notification_recipients_with_language(
             organization_ids={n.organization_id for n in notices},
-            categories={category_for_kind(n.kind) for n in notices},
+            categories={CATEGORY_BY_KIND[n.kind] for n in notices if n.kind in CATEGORY_BY_KIND},
         )
         for notice in notices:
-            people = recipients.get((notice.organization_id, category_for_kind(notice.kind)), [])
-            for language, to in emails_by_language(people).items():
-                with translation.override(language):
-                    subject, body = notice_text(notice)
+            notice.sent_at = now
+            category = CATEGORY_BY_KIND.get(notice.kind)
+            if category is None:
+                logger.error("notice %s set aside unsent: kind %r has no category", notice.pk, notice.kind)
+                continue
+            people = recipients.get((notice.organization_id, category), [])
+            try:  # every email is written before any is sent: a notice goes to all its readers or to none
+                emails = [
+                    (*_notice_text_for(notice, language, zone), to)
+                    for (language, zone), to in emails_by_reader(people).items()
+                ]
+            except (LookupError, ValueError, TypeError, ArithmeticError):
+                logger.exception("notice %s set aside unsent: kind %r could not be written", notice.pk, notice.kind)
+                continue
+            for subject, body, to in emails:
                 send_mail(subject, body, None, to, fail_silently=False)
             if people:
                 sent += 1
-            notice.sent_at = now
         Notice.objects.bulk_update(notices, ["sent_at"])
     return sent
+
+
+def _notice_text_for(notice: Notice, language: str, zone: str) -> tuple[str, str]:
+    with translation.override(language), timezone.override(zoneinfo.ZoneInfo(zone)):
+        return notice_text(notice)
