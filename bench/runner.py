@@ -14,7 +14,7 @@ Knobs (environment): BENCH_DATABASE_URL (its database name must contain "bench";
 created again), BENCH_TEMPLATE_DB (copy this migrated database instead of migrating from zero;
 default flexdev), BENCH_DURATION, BENCH_WARMUP, BENCH_WORKERS, BENCH_WORKER_CLASS (sync|gthread),
 BENCH_THREADS_PER_WORKER, BENCH_CONNECTIONS, BENCH_BATCH_CONNECTIONS, BENCH_BATCH_ORGS, BENCH_PHASES (e.g. "a,b"),
-BENCH_ROUNDS (default 3; 1: each phase in one stretch), BENCH_REUSE_DB=1 (skip drop/create/seed; for tuning
+BENCH_ROUNDS (default 6; 1: each phase in one stretch), BENCH_REUSE_DB=1 (skip drop/create/seed; for tuning
 only), BENCH_VACUUM_SECONDS (the autovacuum stand-in's
 period when the server's autovacuum is off; 0: none).
 """
@@ -53,13 +53,15 @@ DATABASE_URL = env("BENCH_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/fle
 TEMPLATE_DB = env("BENCH_TEMPLATE_DB", "flexdev")
 DURATION = int(env("BENCH_DURATION", "12"))
 WARMUP = int(env("BENCH_WARMUP", "2"))
-# The phases whose targets are ratios run in rounds (a b c, a b c, a b c), DURATION / ROUNDS seconds
-# each, and each phase's figures pool its rounds; then d and e, each in one stretch. The speed of these
-# machines drifts by a fifth within a minute: b measured in one stretch against a baseline measured a
-# minute earlier gave b / a from 0.61 to 1.27 for the same code (nine runs). Interleaved, the phases
-# share the drift. The batch phase goes after them: the checkpoints its WAL sets off would make every
-# later page write a full-page image, and fall on whichever phase came next.
-ROUNDS = max(1, int(env("BENCH_ROUNDS", "3")))
+# The phases whose targets are ratios run in rounds (a b c, a b c, ...), DURATION / ROUNDS seconds
+# each (a warm-up before the first, a second before the others), and each phase's figures pool its
+# rounds; then d and e, each in one stretch. The speed of these machines swings: the baseline served
+# 1,300, 730 and 1,270 req/s in three 4-second rounds 6 s apart, and b measured in one stretch against a
+# baseline measured a minute earlier gave b / a from 0.61 to 1.27 for the same code (nine runs).
+# Interleaved finely, the phases share the swings. The batch phase goes after them: the checkpoints
+# its WAL sets off make the next first write of every page a full-page image, and would fall on
+# whichever phase came next.
+ROUNDS = max(1, int(env("BENCH_ROUNDS", "6")))
 ROUNDED = ("a", "b", "c")
 WORKERS = int(env("BENCH_WORKERS", str(2 * CORES)))
 WORKER_CLASS = env("BENCH_WORKER_CLASS", "gthread")
@@ -600,7 +602,8 @@ def main() -> int:
         schedule += [(0, k, DURATION) for k in PHASES if k not in ROUNDED and k != "p"]  # p: done above
         for round_no, key, measure in schedule:
             phase = phases[key]
-            runs = [("warmup", WARMUP), ("run", measure)] if WARMUP > 0 else [("run", measure)]
+            warmup = WARMUP if round_no == 0 else min(WARMUP, 1)
+            runs = [("warmup", warmup), ("run", measure)] if warmup > 0 else [("run", measure)]
             for label, seconds in runs:
                 cpu_before = cpu_sample(server.pid)
                 out = wrk(
