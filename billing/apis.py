@@ -349,7 +349,8 @@ class PurchasesView(APIView):
             201: inline_serializer("Purchase", {"id": serializers.IntegerField(), "status": serializers.CharField()}),
             202: inline_serializer("PurchasePending", {"client_secret": serializers.CharField(allow_null=True)}),
         },
-        summary="Buy a credit pack with the card on file; a retry with the same Idempotency-Key charges once",
+        summary="Buy a credit pack with the card on file; a retry with the same Idempotency-Key charges once."
+        " Only packs in the organization's billing currency (422 pack_currency_mismatch otherwise)",
     )
     def post(self, request: Request, organization_id: int) -> Response:
         check_organization(request, organization_id)
@@ -359,7 +360,13 @@ class PurchasesView(APIView):
         assert pack is not None
         if selectors.credit_account(organization_id=organization_id) is None:
             raise NotFound(f"There is no organization {organization_id}.", code="organization_not_found")
-        result = purchase_start(organization_id=organization_id, pack_key=pack, now=now(), request_key=key)
+        result = purchase_start(
+            organization_id=organization_id,
+            pack_key=pack,
+            now=now(),
+            request_key=key,
+            currency=selectors.billing_currency(organization_id=organization_id),
+        )
         return purchase_response(result, organization_id)
 
 

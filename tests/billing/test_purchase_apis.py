@@ -70,6 +70,21 @@ def test_a_new_key_is_a_new_purchase_and_a_reused_key_for_another_pack_is_refuse
     assert CreditPurchase.objects.count() == 2
 
 
+def test_a_pack_in_another_currency_than_the_organizations_is_refused_before_any_charge(
+    localstripe, pack100, service_client
+):
+    # Given an organization billed in dollars, with a card, and a pack sold in yen
+    pack("yen-300", credits="300", price=3000, currency="jpy")
+    org, _ = org_with_card(localstripe, CARD_SUCCEEDS)
+    # When a service buys the yen pack for it
+    response = buy(service_client, org, "yen-300")
+    # Then it is refused, and nothing is recorded or charged
+    assert response.status_code == 422
+    assert response.json()["error"]["code"] == "pack_currency_mismatch"
+    assert CreditPurchase.objects.count() == 0
+    assert localstripe.request("GET", "/v1/payment_intents")["data"] == []
+
+
 def test_declined_card_is_a_402_with_the_reason_and_replays_the_same(localstripe, pack100, key_client_for):
     org, _ = org_with_card(localstripe, CARD_DECLINED_ON_CHARGE)
     client = key_client_for(org)
