@@ -14,7 +14,7 @@ from django.urls import reverse
 from billing.models import CreditPurchase, PurchaseKind, PurchaseStatus
 from billing.services.provision import subscription_change
 from core.clock import now
-from plans.models import Subscription
+from plans.models import Plan, Subscription
 from tests.billing.payment_support import balance
 from tests.billing.stripe_fixtures import CARD_DECLINED_ON_CHARGE, CARD_REQUIRES_ACTION, CARD_SUCCEEDS
 from tests.billing.view_support import card_on_file, client_for
@@ -41,6 +41,19 @@ def test_the_owner_sees_the_price_before_confirming(world):
     assert "You will be charged $200.00 now for a new monthly period starting today." in page
     assert page.count('name="plan"') == 2
     assert "Pay $20.00 and change plan" in page
+
+
+def test_a_price_in_a_tax_inclusive_currency_says_so_and_a_dollar_price_does_not(world):
+    # given a plan sold in yen (TAX_INCLUSIVE_CURRENCIES: JPY by default) beside the dollar plans
+    Plan.objects.create(key="plus-jpy", name="Plus (JPY)", price_amount=3000, currency="jpy")
+    # when Olga opens the plans page
+    page = text(client_for(world["olga"]).get(f"/orgs/{world['org'].pk}/plans/"))
+    # then the yen price and its charge say tax included; the dollar ones do not; the button names the amount
+    assert re.search(r'<p class="price">¥3,000 \(tax included\) <span', page)
+    assert re.search(r'<p class="price">\$20.00 <span', page)
+    assert "You will be charged ¥3,000 (tax included) now for a new monthly period starting today." in page
+    assert "You will be charged $20.00 now for a new monthly period starting today." in page
+    assert "Pay ¥3,000 and change plan" in page
 
 
 def test_the_owner_upgrades_with_4242_and_the_purchase_is_recorded(world, localstripe):
