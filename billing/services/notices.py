@@ -7,7 +7,6 @@
 from __future__ import annotations
 
 import logging
-import zoneinfo
 from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
@@ -15,9 +14,8 @@ from typing import Any
 from django.conf import settings
 from django.core.mail import send_mail
 from django.db import transaction
-from django.utils import timezone, translation
 
-from accounts.notifications import CATEGORY_BY_KIND, emails_by_reader
+from accounts.notifications import category_for_kind, emails_by_reader, reading_as
 from accounts.selectors import notification_recipients_with_language
 from billing.emails import billing_notice_text
 from billing.models import BillingNotice, CreditPurchase
@@ -44,7 +42,7 @@ def billing_notice_add(
     site's language and time zone for the admin; without, `subject` and `body` are sent as they are.
     """
     if params is not None:
-        with translation.override(settings.LANGUAGE_CODE), timezone.override(zoneinfo.ZoneInfo(settings.TIME_ZONE)):
+        with reading_as(settings.LANGUAGE_CODE, settings.TIME_ZONE):
             subject, body = billing_notice_text(kind=kind, params=params)
     BillingNotice.objects.bulk_create(
         [
@@ -83,11 +81,11 @@ def billing_notices_send(*, now: datetime, limit: int = 200) -> int:
             return 0
         recipients = notification_recipients_with_language(
             organization_ids={n.organization_id for n in notices},
-            categories={CATEGORY_BY_KIND[n.kind] for n in notices if n.kind in CATEGORY_BY_KIND},
+            categories={c for n in notices if (c := category_for_kind(n.kind)) is not None},
         )
         for notice in notices:
             notice.sent_at = now
-            category = CATEGORY_BY_KIND.get(notice.kind)
+            category = category_for_kind(notice.kind)
             if category is None:
                 logger.error("billing notice %s set aside unsent: kind %r has no category", notice.pk, notice.kind)
                 continue
@@ -115,5 +113,5 @@ def billing_notices_send(*, now: datetime, limit: int = 200) -> int:
 
 
 def _billing_notice_text_for(notice: BillingNotice, language: str, zone: str) -> tuple[str, str]:
-    with translation.override(language), timezone.override(zoneinfo.ZoneInfo(zone)):
+    with reading_as(language, zone):
         return billing_notice_text(kind=notice.kind, params=notice.params)

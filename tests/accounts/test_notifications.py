@@ -68,9 +68,9 @@ def test_kinds_map_to_the_categories_people_choose():
     }
 
 
-def test_an_unmapped_kind_is_an_error_not_a_silent_default():
-    with pytest.raises(KeyError):
-        category_for_kind("something_new")
+def test_an_unmapped_kind_has_no_category_rather_than_a_default():
+    # (the senders set its notices aside; the test above fails when a kind of ours is unmapped)
+    assert category_for_kind("something_new") is None
 
 
 # Roles ----------------------------------------------------------------------------------------------

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import re
-import zoneinfo
 from datetime import datetime
 from typing import Any
 
@@ -14,13 +13,13 @@ from django.db import transaction
 from django.utils import dateformat, timezone, translation
 from django.utils.translation import gettext as _
 
-from accounts.notifications import CATEGORY_BY_KIND, emails_by_reader
+from accounts.notifications import category_for_kind, emails_by_reader, reading_as
 from accounts.selectors import notification_recipients_with_language
 from core.money import format_decimal
+from core.templatetags.formatting import number
 from plans.models import WindowKind, window_label
 from plans.selectors import catalogue
 from usage.models import AllowanceWindow, Notice, NoticeKind
-from usage.templatetags.dashboard import number
 
 logger = logging.getLogger(__name__)
 
@@ -182,11 +181,11 @@ def notices_send_pending(*, now: datetime, limit: int = 500) -> int:
             return 0
         recipients = notification_recipients_with_language(
             organization_ids={n.organization_id for n in notices},
-            categories={CATEGORY_BY_KIND[n.kind] for n in notices if n.kind in CATEGORY_BY_KIND},
+            categories={c for n in notices if (c := category_for_kind(n.kind)) is not None},
         )
         for notice in notices:
             notice.sent_at = now
-            category = CATEGORY_BY_KIND.get(notice.kind)
+            category = category_for_kind(notice.kind)
             if category is None:
                 logger.error("notice %s set aside unsent: kind %r has no category", notice.pk, notice.kind)
                 continue
@@ -208,5 +207,5 @@ def notices_send_pending(*, now: datetime, limit: int = 500) -> int:
 
 
 def _notice_text_for(notice: Notice, language: str, zone: str) -> tuple[str, str]:
-    with translation.override(language), timezone.override(zoneinfo.ZoneInfo(zone)):
+    with reading_as(language, zone):
         return notice_text(notice)
