@@ -8,7 +8,6 @@ from django.http import HttpRequest, HttpResponse
 
 from accounts.models import Membership, Role
 from accounts.views import OrgContext, org_page, render_org
-from billing.selectors import packs_active
 from billing.views import SESSION_LIVE_NOTE, buy_dialog_context
 from core.clock import now as clock_now
 from usage.presentation import Live, live_state
@@ -23,7 +22,7 @@ def _live_context(ctx: OrgContext, live: Live) -> dict[str, Any]:
             .order_by("id")
             .values_list("user__email", flat=True)[:3]
         )
-    return {"live": live, "owners": owners, "packs": list(packs_active())}
+    return {"live": live, "owners": owners}
 
 
 @org_page()
